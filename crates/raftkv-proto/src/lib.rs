@@ -1,0 +1,33 @@
+//! Generated gRPC code for raftkv.
+//!
+//! `raftkv.v1` holds both the public API (`KV`, `Cluster`) and the internal node-to-node API
+//! (`RaftPeer`). This crate depends on nothing of ours; everything else builds on it.
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("raftkv.v1");
+}
+
+/// gRPC metadata keys the server attaches to an `UNAVAILABLE` status, so a client can follow
+/// the leader without parsing messages.
+pub mod metadata {
+    /// Id of the current leader, when the answering node knows one.
+    pub const LEADER_ID: &str = "raftkv-leader-id";
+    /// Client API address (`host:port`) of the current leader.
+    pub const LEADER_ADDR: &str = "raftkv-leader-addr";
+    /// Machine-readable reason for the error; see [`crate::error_kind`].
+    pub const ERROR_KIND: &str = "raftkv-error";
+}
+
+/// Values of the [`metadata::ERROR_KIND`] key.
+pub mod error_kind {
+    /// This node is not the leader; the call did not start. Safe to retry on the leader.
+    pub const NOT_LEADER: &str = "not-leader";
+    /// No leader is known (an election is under way or there is no quorum). The call did not
+    /// start; retry after a short pause.
+    pub const NO_LEADER: &str = "no-leader";
+    /// The node is shutting down. The call did not start.
+    pub const SHUTTING_DOWN: &str = "shutting-down";
+    /// The write was submitted but its outcome is unknown (it may or may not commit).
+    pub const INDETERMINATE: &str = "indeterminate";
+}

@@ -1,0 +1,154 @@
+//! raftkv-store: the replicated state of a raftkv node.
+//!
+//! It owns everything that is written to disk and nothing that talks to the network:
+//! - [`types`]: the openraft `TypeConfig` and the aliases it fixes;
+//! - [`command`]: the commands carried in the log and the replies `apply` gives;
+//! - [`log_store`]: the Raft log and vote on sled ([`LogStore`]);
+//! - [`state_machine`]: the key-value state on sled ([`StateMachineStore`], [`StateReader`]);
+//! - [`codec`]: the versioned bincode envelope every stored or sent payload uses.
+//!
+//! A data directory holds `db/` (one sled database for log and state) and `snapshot/`.
+//! [`open`] opens both and returns the parts openraft drives plus a [`StoreHandle`] the node
+//! keeps for reads, status and start-up checks.
+
+pub mod codec;
+pub mod command;
+mod error;
+pub mod log_store;
+mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use state_machine::{prefix_end, RangeQuery, RangeResult, StateMachineStore, StateReader};
+pub use types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
+
+use crate::snapshot::SnapshotFiles;
+
+/// Storage tuning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// sled's page cache size. sled's own default is 1 GiB; raftkv keeps it modest.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// An opened store: the two halves openraft takes ownership of, and a handle the node keeps.
+pub struct Store {
+    pub log_store: LogStore,
+    pub state_machine: StateMachineStore,
+    pub handle: StoreHandle,
+}
+
+/// What the node keeps of the store after handing the rest to openraft. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreHandle {
+    db: sled::Db,
+    dir: PathBuf,
+    log: LogStore,
+    snapshots: SnapshotFiles,
+    reader: StateReader,
+}
+
+/// What a data directory holds, for start-up consistency checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSummary {
+    pub vote: Option<Vote>,
+    pub last_log_id: Option<LogId>,
+    pub last_purged: Option<LogId>,
+    pub last_applied_index: u64,
+    pub has_snapshot: bool,
+    pub has_user_data: bool,
+}
+
+impl StoreSummary {
+    /// Whether the node has Raft state: it has voted or holds log entries.
+    pub fn has_raft_state(&self) -> bool {
+        self.vote.is_some() || self.last_log_id.is_some() || self.last_purged.is_some()
+    }
+
+    /// Whether nothing at all has been stored yet.
+    pub fn is_pristine(&self) -> bool {
+        !self.has_raft_state()
+            && self.last_applied_index == 0
+            && !self.has_snapshot
+            && !self.has_user_data
+    }
+}
+
+/// Opens (creating if needed) the store in `dir`.
+pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let db = sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(config.cache_capacity_bytes)
+        .mode(sled::Mode::LowSpace)
+        .open()?;
+    let log_store = LogStore::open(&db)?;
+    let snapshots = SnapshotFiles::new(dir.join("snapshot"))?;
+    let state_machine = StateMachineStore::open(&db, snapshots.clone())?;
+    let handle = StoreHandle {
+        db,
+        dir: dir.to_path_buf(),
+        log: log_store.clone(),
+        snapshots,
+        reader: state_machine.reader(),
+    };
+    Ok(Store {
+        log_store,
+        state_machine,
+        handle,
+    })
+}
+
+impl StoreHandle {
+    pub fn reader(&self) -> &StateReader {
+        &self.reader
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes on disk: the database plus the snapshot file.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0) + self.snapshots.size_on_disk()
+    }
+
+    /// Summarizes what the store holds.
+    pub fn summary(&self) -> Result<StoreSummary, StoreError> {
+        let sto = |e: types::StorageError| StoreError::Corrupt {
+            what: "raft log metadata".into(),
+            detail: e.to_string(),
+        };
+        Ok(StoreSummary {
+            vote: self.log.vote().map_err(sto)?,
+            last_log_id: self.log.last_entry_log_id().map_err(sto)?,
+            last_purged: self.log.last_purged().map_err(sto)?,
+            last_applied_index: self.reader.applied_index(),
+            has_snapshot: self.snapshots.exists(),
+            has_user_data: self.reader.has_user_data()?,
+        })
+    }
+
+    /// Number of entries in the Raft log (O(n); for checks and tests).
+    pub fn log_entry_count(&self) -> usize {
+        self.log.entry_count()
+    }
+
+    /// Flushes everything to disk (used at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! `LogStore`: the Raft log and vote on sled, keeping openraft's durability contract.
+//!
+//! Layout: tree `raft_log` maps the log index as a big-endian u64 (so byte order is numeric
+//! order) to a codec-encoded [`Entry`]; tree `raft_meta` holds `vote`, `last_purged` and
+//! `committed`.
+//!
+//! The contract (see docs/architecture.md, "Durability"):
+//! - `save_vote` returns only after the vote is fsynced;
+//! - `append` makes entries readable before it returns and calls openraft's flushed-callback
+//!   only after an fsync covering them;
+//! - `purge` persists `last_purged` before deleting entries, so there is never a hole;
+//! - `truncate` removes the tail in one atomic batch.
+//!
+//! Every call runs to completion before openraft issues the next, so vote and log writes keep
+//! their submission order.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+
+use crate::codec;
+use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_COMMITTED: &[u8] = b"committed";
+
+pub(crate) const LOG_TREE: &str = "raft_log";
+pub(crate) const META_TREE: &str = "raft_meta";
+
+/// The Raft log and vote of one node. Cheap to clone: all clones share one sled database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn io_err<E: std::error::Error + 'static>(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: &E,
+) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
+}
+
+fn read_logs_err<E: std::error::Error + 'static>(e: &E) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_logs_err<E: std::error::Error + 'static>(e: &E) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+impl LogStore {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self {
+            db: db.clone(),
+            log: db.open_tree(LOG_TREE)?,
+            meta: db.open_tree(META_TREE)?,
+        })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        match self
+            .meta
+            .get(key)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?
+        {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|e| io_err(subject, ErrorVerb::Read, &e)),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        subject: ErrorSubject<u64>,
+    ) -> Result<(), StorageError> {
+        let bytes =
+            codec::encode(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
+        Ok(())
+    }
+
+    async fn fsync(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
+        Ok(())
+    }
+
+    /// The last purged log id, if any.
+    pub fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)
+    }
+
+    /// The saved vote, if any (synchronous form of `read_vote`, for start-up checks).
+    pub fn vote(&self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    /// Number of entries currently held in the log (O(n): for checks and tests, not hot paths).
+    pub fn entry_count(&self) -> usize {
+        self.log.len()
+    }
+
+    /// The log id of the last entry held, ignoring purges.
+    pub fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.log.last().map_err(|e| read_logs_err(&e))? {
+            None => Ok(None),
+            Some((_, bytes)) => {
+                let entry: Entry = codec::decode(&bytes).map_err(|e| read_logs_err(&e))?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => match i.checked_add(1) {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        let iter = match range.end_bound() {
+            Bound::Included(i) => self.log.range(index_key(start)..=index_key(*i)),
+            Bound::Excluded(i) => {
+                if *i <= start {
+                    return Ok(Vec::new());
+                }
+                self.log.range(index_key(start)..index_key(*i))
+            }
+            Bound::Unbounded => self.log.range(index_key(start)..),
+        };
+        let mut entries = Vec::new();
+        for item in iter {
+            let (_, bytes) = item.map_err(|e| read_logs_err(&e))?;
+            entries.push(codec::decode(&bytes).map_err(|e| read_logs_err(&e))?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
+        self.fsync(ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.vote()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not fsynced on its own: losing it only means re-learning the commit index from the
+        // leader. The next append or vote flush makes it durable.
+        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(|e| write_logs_err(&e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        // Readable on return...
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| write_logs_err(&e))?;
+        // ...durable before openraft is told so.
+        match self.db.flush_async().await {
+            Ok(_) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = write_logs_err(&e);
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(err)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(from = %log_id, "truncating log tail");
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(log_id.index)..) {
+            let (key, _) = item.map_err(|e| read_logs_err(&e))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| write_logs_err(&e))?;
+        self.fsync(ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(upto = %log_id, "purging log head");
+        // Record the purge point durably first: a crash half-way must not leave a hole that
+        // get_log_state cannot explain.
+        self.write_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Logs)?;
+        self.fsync(ErrorSubject::Logs).await?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(log_id.index)) {
+            let (key, _) = item.map_err(|e| read_logs_err(&e))?;
+            batch.remove(key);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| write_logs_err(&e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,669 @@
+//! `StateMachineStore`: the applied key-value state on sled, and `StateReader`, the read-only
+//! view the node's services use.
+//!
+//! ## Layout
+//! The whole state lives in one sled tree, `sm_state.<generation>`:
+//! - `d` + user key -> codec [`StoredValue`] (value, create/mod revision, version);
+//! - `m/last_applied`, `m/membership`, `m/cluster_id` -> codec values.
+//!
+//! Keeping data and metadata in one tree makes every `apply` a single `sled::Batch`, which sled
+//! applies atomically: the data, `last_applied` and the membership can never disagree after a
+//! crash. Tree `sm_control` holds `generation`, the number of the live state tree.
+//!
+//! ## Snapshot install replaces the state wholesale
+//! `install_snapshot` writes the snapshot into a fresh tree `sm_state.<generation + 1>`, fsyncs,
+//! then flips `generation` with one insert and fsyncs again. A crash before the flip leaves the
+//! old state (the half-written tree is dropped at the next open); after it, the new one. No key
+//! of the old state can survive.
+//!
+//! ## Durability of applied state
+//! `apply` does not fsync: every entry it applies is already durable in the log on a majority,
+//! and sled recovers a consistent prefix, so after a crash openraft re-applies what the state
+//! machine lost. What must never happen is purging log entries the state machine has not made
+//! durable; so a snapshot (after which openraft purges) is only published after an fsync.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::command::{Command, KeyValue, Response};
+use crate::error::StoreError;
+use crate::snapshot::{SnapshotFiles, SnapshotPayload};
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const CONTROL_TREE: &str = "sm_control";
+const STATE_TREE_PREFIX: &str = "sm_state.";
+const KEY_GENERATION: &[u8] = b"generation";
+
+const DATA_PREFIX: u8 = b'd';
+const KEY_LAST_APPLIED: &[u8] = b"m/last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
+
+/// A user key's value and revision metadata as stored (the key itself is the tree key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredValue {
+    value: Vec<u8>,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+}
+
+impl StoredValue {
+    fn into_key_value(self, key: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        }
+    }
+}
+
+fn data_key(user_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user_key.len() + 1);
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(user_key);
+    k
+}
+
+fn state_tree_name(generation: u64) -> String {
+    format!("{STATE_TREE_PREFIX}{generation}")
+}
+
+fn sm_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(e)).into()
+}
+
+fn snapshot_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::Snapshot(None),
+        verb,
+        openraft::AnyError::new(e),
+    )
+    .into()
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` when no such key
+/// exists (the prefix is empty or all 0xFF bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A key range to read: `[start, end)` (no upper bound when `end` is `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeQuery {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+    /// At most this many key-values are returned (`more` tells whether there were others).
+    pub limit: usize,
+    pub keys_only: bool,
+    pub count_only: bool,
+    pub reverse: bool,
+}
+
+/// The answer to a [`RangeQuery`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    /// With `count_only`, the number of matching keys; otherwise the number of `kvs`.
+    pub count: u64,
+}
+
+struct StateTree {
+    generation: u64,
+    tree: sled::Tree,
+}
+
+struct Shared {
+    db: sled::Db,
+    control: sled::Tree,
+    state: RwLock<StateTree>,
+    applied_index: AtomicU64,
+    cluster_id: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> RwLockReadGuard<'_, StateTree> {
+        // A panic while holding the lock cannot leave the tree half-swapped (the swap is one
+        // assignment), so a poisoned lock is still safe to read through.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Read-only access to the applied state, shared with the node's gRPC services. Cheap to clone.
+#[derive(Clone)]
+pub struct StateReader {
+    shared: Arc<Shared>,
+}
+
+impl StateReader {
+    /// The index of the last log entry applied (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.shared.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The cluster id recorded in the state (0 until the first leader has set it).
+    pub fn cluster_id(&self) -> u64 {
+        self.shared.cluster_id.load(Ordering::Acquire)
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        let state = self.shared.state();
+        match state.tree.get(data_key(key))? {
+            None => Ok(None),
+            Some(bytes) => {
+                let stored: StoredValue = codec::decode(&bytes)?;
+                Ok(Some(stored.into_key_value(key.to_vec())))
+            }
+        }
+    }
+
+    /// Reads a range of keys in key order (or reverse order).
+    pub fn range(&self, q: &RangeQuery) -> Result<RangeResult, StoreError> {
+        let start = data_key(&q.start);
+        let end = match &q.end {
+            Some(end) => Bound::Excluded(data_key(end)),
+            None => Bound::Excluded(vec![DATA_PREFIX + 1]),
+        };
+        let state = self.shared.state();
+        let iter = state
+            .tree
+            .range::<Vec<u8>, _>((Bound::Included(start), end));
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if q.reverse {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
+        let mut out = RangeResult::default();
+        for item in iter {
+            let (k, v) = item?;
+            if q.count_only {
+                out.count += 1;
+                continue;
+            }
+            if out.kvs.len() >= q.limit {
+                out.more = true;
+                break;
+            }
+            let stored: StoredValue = codec::decode(&v)?;
+            let mut kv = stored.into_key_value(k[1..].to_vec());
+            if q.keys_only {
+                kv.value = Vec::new();
+            }
+            out.kvs.push(kv);
+        }
+        if !q.count_only {
+            out.count = out.kvs.len() as u64;
+        }
+        Ok(out)
+    }
+
+    /// Whether the state holds any user key (for start-up consistency checks).
+    pub fn has_user_data(&self) -> Result<bool, StoreError> {
+        let state = self.shared.state();
+        Ok(state
+            .tree
+            .scan_prefix([DATA_PREFIX])
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// Every user key-value in key order (for tests and consistency checks; O(n) memory).
+    pub fn dump(&self) -> Result<Vec<KeyValue>, StoreError> {
+        Ok(self
+            .range(&RangeQuery {
+                limit: usize::MAX,
+                ..Default::default()
+            })?
+            .kvs)
+    }
+}
+
+/// The applied key-value state of one node; handed to openraft, which drives it.
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    snapshots: SnapshotFiles,
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(db: &sled::Db, snapshots: SnapshotFiles) -> Result<Self, StoreError> {
+        let control = db.open_tree(CONTROL_TREE)?;
+        let generation = match control.get(KEY_GENERATION)? {
+            None => 0,
+            Some(b) => {
+                let arr: [u8; 8] = b.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "state machine generation record".into(),
+                    detail: format!("expected 8 bytes, found {}", b.len()),
+                })?;
+                u64::from_be_bytes(arr)
+            }
+        };
+        let live = state_tree_name(generation);
+        // Drop state trees of other generations: leftovers of an install that crashed before
+        // its flip, or of an install whose old tree was not dropped yet.
+        for name in db.tree_names() {
+            if let Ok(name) = std::str::from_utf8(&name) {
+                if name.starts_with(STATE_TREE_PREFIX) && name != live {
+                    tracing::info!(tree = name, "dropping stale state-machine tree");
+                    db.drop_tree(name)?;
+                }
+            }
+        }
+        let tree = db.open_tree(&live)?;
+        let applied: Option<LogId> = read_record(&tree, KEY_LAST_APPLIED)?.flatten();
+        let cluster_id: u64 = read_record(&tree, KEY_CLUSTER_ID)?.unwrap_or(0);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db: db.clone(),
+                control,
+                state: RwLock::new(StateTree { generation, tree }),
+                applied_index: AtomicU64::new(applied.map_or(0, |l| l.index)),
+                cluster_id: AtomicU64::new(cluster_id),
+            }),
+            snapshots,
+        })
+    }
+
+    /// A read-only view sharing this state.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn tree(&self) -> sled::Tree {
+        self.shared.state().tree.clone()
+    }
+}
+
+fn read_record<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(codec::decode(&b)?)),
+    }
+}
+
+/// Applies the commands of one `apply` call into a single atomic batch, reading through the
+/// writes made earlier in the same batch.
+struct BatchApplier<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    overlay: HashMap<Vec<u8>, Option<StoredValue>>,
+    cluster_id: Option<u64>,
+}
+
+impl<'a> BatchApplier<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Self {
+            tree,
+            batch: sled::Batch::default(),
+            overlay: HashMap::new(),
+            cluster_id: None,
+        }
+    }
+
+    fn current(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageError> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        match self
+            .tree
+            .get(data_key(key))
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))?
+        {
+            None => Ok(None),
+            Some(b) => codec::decode(&b)
+                .map(Some)
+                .map_err(|e| sm_err(ErrorVerb::Read, &e)),
+        }
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Option<StoredValue>) -> Result<(), StorageError> {
+        match &value {
+            Some(v) => {
+                let bytes = codec::encode(v).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+                self.batch.insert(data_key(&key), bytes);
+            }
+            None => self.batch.remove(data_key(&key)),
+        }
+        self.overlay.insert(key, value);
+        Ok(())
+    }
+
+    fn apply(&mut self, revision: u64, command: Command) -> Result<Response, StorageError> {
+        match command {
+            Command::Put {
+                key,
+                value,
+                prev_kv,
+            } => {
+                let prev = self.current(&key)?;
+                let next = StoredValue {
+                    value,
+                    create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+                    mod_revision: revision,
+                    version: prev.as_ref().map_or(1, |p| p.version + 1),
+                };
+                self.set(key.clone(), Some(next))?;
+                Ok(Response::Put {
+                    revision,
+                    prev_kv: if prev_kv {
+                        prev.map(|p| p.into_key_value(key))
+                    } else {
+                        None
+                    },
+                })
+            }
+            Command::Delete { key, prev_kv } => {
+                let prev = self.current(&key)?;
+                let deleted = u64::from(prev.is_some());
+                if prev.is_some() {
+                    self.set(key.clone(), None)?;
+                }
+                Ok(Response::Delete {
+                    revision,
+                    deleted,
+                    prev_kv: if prev_kv {
+                        prev.map(|p| p.into_key_value(key))
+                    } else {
+                        None
+                    },
+                })
+            }
+            Command::SetClusterId { cluster_id } => {
+                let current = match self.cluster_id {
+                    Some(id) => id,
+                    None => read_record(self.tree, KEY_CLUSTER_ID)
+                        .map_err(|e| sm_err(ErrorVerb::Read, &e))?
+                        .unwrap_or(0),
+                };
+                let effective = if current == 0 { cluster_id } else { current };
+                if current == 0 {
+                    let bytes =
+                        codec::encode(&effective).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+                    self.batch.insert(KEY_CLUSTER_ID, bytes);
+                }
+                self.cluster_id = Some(effective);
+                Ok(Response::ClusterId {
+                    cluster_id: effective,
+                })
+            }
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let tree = self.tree();
+        let applied = read_record::<Option<LogId>>(&tree, KEY_LAST_APPLIED)
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))?
+            .flatten();
+        let membership = read_record::<StoredMembership>(&tree, KEY_MEMBERSHIP)
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let tree = self.tree();
+        let mut applier = BatchApplier::new(&tree);
+        let mut responses = Vec::new();
+        let mut last_applied = None;
+        let mut membership = None;
+        for entry in entries {
+            let log_id = entry.log_id;
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(log_id), m));
+                    Response::Empty
+                }
+                EntryPayload::Normal(request) => applier.apply(log_id.index, request.command)?,
+            };
+            responses.push(response);
+            last_applied = Some(log_id);
+        }
+        let Some(last_applied) = last_applied else {
+            return Ok(responses);
+        };
+        let encode_err = |e: codec::CodecError| sm_err(ErrorVerb::Write, &e);
+        let mut batch = applier.batch;
+        batch.insert(
+            KEY_LAST_APPLIED,
+            codec::encode(&Some(last_applied)).map_err(encode_err)?,
+        );
+        if let Some(m) = &membership {
+            batch.insert(KEY_MEMBERSHIP, codec::encode(m).map_err(encode_err)?);
+        }
+        tree.apply_batch(batch)
+            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        if let Some(id) = applier.cluster_id {
+            self.shared.cluster_id.store(id, Ordering::Release);
+        }
+        self.shared
+            .applied_index
+            .store(last_applied.index, Ordering::Release);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Runs in the state-machine worker, between applies: what it collects is one consistent
+        // view. The encoding and file writing happen later, in build_snapshot, off that path.
+        let collected = collect_state(&self.tree());
+        StateSnapshotBuilder {
+            collected: Some(collected),
+            db: self.shared.db.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installing snapshot");
+        let data = snapshot.into_inner();
+        let payload: SnapshotPayload =
+            codec::decode(&data).map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
+
+        // 1. The snapshot file first: once the state says "applied up to N", a snapshot covering
+        //    N must exist for replication to lagging followers.
+        let files = self.snapshots.clone();
+        let meta_owned = meta.clone();
+        let data_for_file = data;
+        tokio::task::spawn_blocking(move || files.save(&meta_owned, &data_for_file))
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?
+            .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
+
+        // 2. The new state, in a fresh tree.
+        let db = &self.shared.db;
+        let old_generation = self.shared.state().generation;
+        let new_generation = old_generation + 1;
+        let new_name = state_tree_name(new_generation);
+        let w = |e: sled::Error| sm_err(ErrorVerb::Write, &e);
+        db.drop_tree(&new_name).map_err(w)?;
+        let tree = db.open_tree(&new_name).map_err(w)?;
+        let mut batch = sled::Batch::default();
+        let mut cluster_id = 0;
+        for (k, v) in payload.records {
+            if k.as_slice() == KEY_CLUSTER_ID {
+                cluster_id = codec::decode(&v).map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
+            }
+            batch.insert(k, v);
+        }
+        let encode_err = |e: codec::CodecError| sm_err(ErrorVerb::Write, &e);
+        batch.insert(
+            KEY_LAST_APPLIED,
+            codec::encode(&meta.last_log_id).map_err(encode_err)?,
+        );
+        batch.insert(
+            KEY_MEMBERSHIP,
+            codec::encode(&meta.last_membership).map_err(encode_err)?,
+        );
+        tree.apply_batch(batch).map_err(w)?;
+        db.flush_async().await.map_err(w)?;
+
+        // 3. Flip the live generation (one insert), durably.
+        self.shared
+            .control
+            .insert(KEY_GENERATION, &new_generation.to_be_bytes())
+            .map_err(w)?;
+        db.flush_async().await.map_err(w)?;
+        {
+            let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+            *state = StateTree {
+                generation: new_generation,
+                tree,
+            };
+        }
+        db.drop_tree(state_tree_name(old_generation)).map_err(w)?;
+        self.shared.cluster_id.store(cluster_id, Ordering::Release);
+        self.shared
+            .applied_index
+            .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let files = self.snapshots.clone();
+        let loaded = tokio::task::spawn_blocking(move || files.load())
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Read, &e))?
+            .map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// A consistent copy of the state, taken between two applies.
+struct CollectedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn collect_state(tree: &sled::Tree) -> Result<CollectedState, StoreError> {
+    let mut records = Vec::new();
+    let mut last_applied = None;
+    let mut membership = StoredMembership::default();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        match k.as_ref() {
+            KEY_LAST_APPLIED => last_applied = codec::decode::<Option<LogId>>(&v)?,
+            KEY_MEMBERSHIP => membership = codec::decode(&v)?,
+            _ => records.push((k.to_vec(), v.to_vec())),
+        }
+    }
+    Ok(CollectedState {
+        last_applied,
+        membership,
+        records,
+    })
+}
+
+/// Builds a snapshot from the state collected by `get_snapshot_builder`.
+pub struct StateSnapshotBuilder {
+    collected: Option<Result<CollectedState, StoreError>>,
+    db: sled::Db,
+    snapshots: SnapshotFiles,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let r = |e: StoreError| snapshot_err(ErrorVerb::Read, &e);
+        let collected = match self.collected.take() {
+            Some(c) => c.map_err(r)?,
+            None => {
+                let e = StoreError::Corrupt {
+                    what: "snapshot builder".into(),
+                    detail: "build_snapshot called twice".into(),
+                };
+                return Err(r(e));
+            }
+        };
+        // The state machine must be durable up to the snapshot before openraft purges the log
+        // behind it.
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        let data = codec::encode(&SnapshotPayload {
+            records: collected.records,
+        })
+        .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let snapshot_id = match &collected.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, millis),
+            None => format!("0-0-{millis}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: collected.last_applied,
+            last_membership: collected.membership,
+            snapshot_id,
+        };
+        let files = self.snapshots.clone();
+        let (meta_c, data_c) = (meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || files.save(&meta_c, &data_c))
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?
+            .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_that_can_be() {
+        assert_eq!(prefix_end(b"abc"), Some(b"abd".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! The sled store against openraft's storage conformance suite, plus the durability
+//! scenarios the suite does not cover: reopening after writes, wholesale snapshot install.
+
+use std::collections::BTreeMap;
+
+use openraft::storage::RaftStateMachine;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use raftkv_store::command::{Command, Request};
+use raftkv_store::types::{Entry, LogId, StorageError};
+use raftkv_store::{LogStore, NodeAddr, StateMachineStore, StoreConfig, TypeConfig};
+use tempfile::TempDir;
+
+struct SledStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = TempDir::new().expect("temp dir");
+        let store = raftkv_store::open(dir.path(), &StoreConfig::default()).expect("open store");
+        Ok((dir, store.log_store, store.state_machine))
+    }
+}
+
+#[test]
+fn sled_store_passes_openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledStoreBuilder)
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn put(term: u64, index: u64, key: &str, value: &str) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Request::new(
+            Command::Put {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                prev_kv: false,
+            },
+            0,
+        )),
+    }
+}
+
+fn membership_entry(term: u64, index: u64) -> Entry {
+    let nodes = BTreeMap::from([(1u64, NodeAddr::default())]);
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], nodes)),
+    }
+}
+
+#[tokio::test]
+async fn applied_state_and_revisions_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut store = raftkv_store::open(dir.path(), &StoreConfig::default()).unwrap();
+        store
+            .state_machine
+            .apply(vec![
+                membership_entry(1, 1),
+                put(1, 2, "a", "1"),
+                put(1, 3, "a", "2"),
+                put(1, 4, "b", "x"),
+            ])
+            .await
+            .unwrap();
+        store.handle.flush().unwrap();
+    }
+    let mut store = raftkv_store::open(dir.path(), &StoreConfig::default()).unwrap();
+    let (applied, membership) = store.state_machine.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 4)));
+    assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
+    let a = store.handle.reader().get(b"a").unwrap().expect("a exists");
+    assert_eq!(
+        (
+            a.value.as_slice(),
+            a.create_revision,
+            a.mod_revision,
+            a.version
+        ),
+        (&b"2"[..], 2, 3, 2)
+    );
+    assert_eq!(store.handle.reader().applied_index(), 4);
+}
+
+#[tokio::test]
+async fn snapshot_install_replaces_state_wholesale() {
+    // Leader: keys a, b. Follower: keys c (which the leader never had) and a stale a.
+    let leader_dir = TempDir::new().unwrap();
+    let follower_dir = TempDir::new().unwrap();
+    let mut leader = raftkv_store::open(leader_dir.path(), &StoreConfig::default()).unwrap();
+    let mut follower = raftkv_store::open(follower_dir.path(), &StoreConfig::default()).unwrap();
+    leader
+        .state_machine
+        .apply(vec![
+            membership_entry(1, 1),
+            put(1, 2, "a", "new"),
+            put(1, 3, "b", "b"),
+        ])
+        .await
+        .unwrap();
+    follower
+        .state_machine
+        .apply(vec![put(1, 1, "a", "old"), put(1, 2, "c", "stale")])
+        .await
+        .unwrap();
+
+    let snapshot = leader
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    follower
+        .state_machine
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+
+    let dump = |s: &raftkv_store::Store| {
+        s.handle
+            .reader()
+            .dump()
+            .unwrap()
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key).unwrap(),
+                    String::from_utf8(kv.value).unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(dump(&follower), dump(&leader));
+    assert!(
+        follower.handle.reader().get(b"c").unwrap().is_none(),
+        "a key absent from the snapshot survived"
+    );
+    assert_eq!(follower.handle.reader().applied_index(), 3);
+
+    // And the installed state is what a restart finds.
+    drop(follower);
+    let mut reopened = raftkv_store::open(follower_dir.path(), &StoreConfig::default()).unwrap();
+    assert_eq!(dump(&reopened), dump(&leader));
+    let current = reopened
+        .state_machine
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("snapshot kept");
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 3)));
+}
