@@ -1,1 +1,29 @@
+//! raftkv-node: one raftkv node — configuration, Raft wiring, the peer transport, the gRPC
+//! services and start-up/shutdown. The `raftkvd` binary is a thin wrapper around
+//! [`daemon::main`].
+//!
+//! Module map:
+//! - [`config`]: `NodeConfig` (flags, env vars, defaults, `validate`) and API limits;
+//! - [`startup`]: start-up errors, data-dir checks, one-time cluster bootstrap;
+//! - [`identity`]: the data dir's identity file (owner id, incarnation);
+//! - [`node`]: `RunningNode` — start, serve, shut down;
+//! - [`core`]: the write path and read barrier the services share;
+//! - [`kv_service`], [`cluster_service`]: the public gRPC API;
+//! - [`peer_service`], [`network`]: the node-to-node API, server and client sides;
+//! - [`error`]: `ApiError` and its one mapping to gRPC status codes.
 
+pub mod cluster_service;
+pub mod config;
+pub mod core;
+pub mod daemon;
+pub mod error;
+pub mod identity;
+pub mod kv_service;
+pub mod network;
+pub mod node;
+pub mod peer_service;
+pub mod startup;
+
+pub use config::{InitialCluster, NodeConfig};
+pub use node::RunningNode;
+pub use startup::StartupError;

@@ -1,0 +1,199 @@
+//! The `raftkv` command line (clap derive).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raftkv_client::pb::{Consistency, RangeRequest};
+use raftkv_client::DEFAULT_ENDPOINTS;
+
+/// raftkv: talk to a raftkv cluster.
+#[derive(Debug, Parser)]
+#[command(name = "raftkv", version, about, long_about = None)]
+pub struct Cli {
+    /// Client addresses of the nodes, comma-separated.
+    #[arg(long, global = true, env = "RAFTKV_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
+    pub endpoints: String,
+
+    /// Deadline for the whole command, retries included (e.g. 500ms, 5s, 1m).
+    #[arg(long, global = true, env = "RAFTKV_TIMEOUT", default_value = "5s")]
+    pub timeout: DurationArg,
+
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// Reflects every write acknowledged before the read started.
+    Linearizable,
+    /// Answered from the contacted node's local state at once; may be stale.
+    Stale,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(c: ConsistencyArg) -> Self {
+        match c {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Stale => Consistency::Stale,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set KEY to VALUE.
+    Put {
+        key: String,
+        value: String,
+        /// Print the previous value too (with -o json).
+        #[arg(long)]
+        prev: bool,
+    },
+    /// Print the value of KEY (exit code 1 if it does not exist).
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete KEY and print how many keys were deleted (0 or 1).
+    Del {
+        key: String,
+        /// Print the deleted key-value too (with -o json).
+        #[arg(long)]
+        prev: bool,
+    },
+    /// List keys: a prefix, or [START, END) (END omitted: to the last key).
+    Range(RangeArgs),
+    /// Cluster administration.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show every node: role, term, leader, applied index, db size.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct RangeArgs {
+    /// First key (inclusive).
+    pub start: Option<String>,
+    /// End key (exclusive).
+    pub end: Option<String>,
+    /// All keys starting with this prefix.
+    #[arg(long, conflicts_with_all = ["start", "end"])]
+    pub prefix: Option<String>,
+    /// At most this many keys (the server caps it at 10000).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u64,
+    /// Print keys only.
+    #[arg(long)]
+    pub keys_only: bool,
+    /// Print only the number of matching keys.
+    #[arg(long)]
+    pub count_only: bool,
+    /// Highest key first.
+    #[arg(long)]
+    pub reverse: bool,
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+impl RangeArgs {
+    pub fn to_request(&self) -> Result<RangeRequest, String> {
+        if self.prefix.is_none() && self.start.is_none() {
+            return Err("give --prefix P, or START [END]; use \"\" as START for every key".into());
+        }
+        Ok(RangeRequest {
+            start: self.start.clone().unwrap_or_default().into_bytes(),
+            end: self.end.clone().unwrap_or_default().into_bytes(),
+            prefix: self.prefix.clone().unwrap_or_default().into_bytes(),
+            limit: self.limit,
+            consistency: Consistency::from(self.consistency) as i32,
+            keys_only: self.keys_only,
+            count_only: self.count_only,
+            reverse: self.reverse,
+        })
+    }
+}
+
+/// A duration written as a number and a unit: `250ms`, `5s`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationArg(pub Duration);
+
+impl std::str::FromStr for DurationArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 1m"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" | "" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
+        };
+        if d.is_zero() {
+            return Err("the timeout must be positive".into());
+        }
+        Ok(Self(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            "250ms".parse::<DurationArg>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "5s".parse::<DurationArg>().unwrap().0,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            "2m".parse::<DurationArg>().unwrap().0,
+            Duration::from_secs(120)
+        );
+        assert!("0s".parse::<DurationArg>().is_err());
+        assert!("5h".parse::<DurationArg>().is_err());
+        assert!("fast".parse::<DurationArg>().is_err());
+    }
+
+    #[test]
+    fn range_needs_a_selection() {
+        let cli = Cli::try_parse_from(["raftkv", "range"]).unwrap();
+        let Command::Range(r) = cli.command else {
+            panic!("not range")
+        };
+        assert!(r.to_request().is_err());
+        let cli =
+            Cli::try_parse_from(["raftkv", "range", "--prefix", "a/", "--limit", "3"]).unwrap();
+        let Command::Range(r) = cli.command else {
+            panic!("not range")
+        };
+        let req = r.to_request().unwrap();
+        assert_eq!((req.prefix.as_slice(), req.limit), (&b"a/"[..], 3));
+        assert!(Cli::try_parse_from(["raftkv", "range", "a", "--prefix", "b"]).is_err());
+    }
+}

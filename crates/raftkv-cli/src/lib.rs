@@ -1,0 +1,174 @@
+//! raftkv-cli: the `raftkv` command-line tool — data commands (`put`, `get`, `del`, `range`)
+//! and cluster administration (`cluster status`).
+//!
+//! Exit codes, for scripts: 0 success; 1 key not found; 2 usage error or invalid argument;
+//! 3 cluster unavailable or outcome indeterminate; 4 any other server error.
+//!
+//! Module map: [`args`] (the command line), [`output`] (text and JSON rendering), and this
+//! file, which runs a command against the cluster.
+
+pub mod args;
+pub mod output;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use raftkv_client::pb::{Consistency, DeleteRequest, PutRequest, RangeRequest};
+use raftkv_client::{Client, ClientConfig, ClientError};
+
+use crate::args::{Cli, ClusterCommand, Command, OutputFormat};
+
+/// Exit code: the key was not found.
+pub const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code: bad usage or an argument the server refused.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: no node could serve the call, or a write's outcome is unknown.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+/// Exit code: any other server error.
+pub const EXIT_SERVER_ERROR: u8 = 4;
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raftkv: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_SERVER_ERROR);
+        }
+    };
+    ExitCode::from(runtime.block_on(run(cli)))
+}
+
+fn exit_code_for(e: &ClientError) -> u8 {
+    match e {
+        ClientError::InvalidArgument(_) | ClientError::Config(_) => EXIT_USAGE,
+        ClientError::Unavailable(_) | ClientError::Indeterminate(_) => EXIT_UNAVAILABLE,
+        ClientError::Server { .. } => EXIT_SERVER_ERROR,
+    }
+}
+
+fn fail(e: ClientError) -> u8 {
+    eprintln!("raftkv: {e}");
+    exit_code_for(&e)
+}
+
+fn print(text: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`raftkv get k | head -c0`) is not an error worth reporting.
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+    0
+}
+
+fn print_bytes(bytes: &[u8]) -> u8 {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+    0
+}
+
+/// Runs one parsed command and returns its exit code.
+pub async fn run(cli: Cli) -> u8 {
+    let mut config = ClientConfig::from_list(&cli.endpoints);
+    config.timeout = cli.timeout.0;
+    let client = match Client::new(config) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let json = cli.output == OutputFormat::Json;
+    match cli.command {
+        Command::Put { key, value, prev } => {
+            let req = PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                prev_kv: prev,
+            };
+            match client.put_request(req, None).await {
+                Ok(r) if json => print(&output::put_json(&r)),
+                Ok(r) => print(&output::put_text(&r)),
+                Err(e) => fail(e),
+            }
+        }
+        Command::Get { key, consistency } => {
+            let consistency: Consistency = consistency.into();
+            match client.get_with(key.into_bytes(), consistency, None).await {
+                Ok(r) => match (&r.kv, json) {
+                    (_, true) => {
+                        print(&output::get_json(&r));
+                        if r.kv.is_none() {
+                            EXIT_NOT_FOUND
+                        } else {
+                            0
+                        }
+                    }
+                    (Some(kv), false) => print_bytes(&kv.value),
+                    (None, false) => {
+                        eprintln!("raftkv: key not found");
+                        EXIT_NOT_FOUND
+                    }
+                },
+                Err(e) => fail(e),
+            }
+        }
+        Command::Del { key, prev } => {
+            let req = DeleteRequest {
+                key: key.into_bytes(),
+                prev_kv: prev,
+            };
+            match client.delete_request(req, None).await {
+                Ok(r) if json => print(&output::delete_json(&r)),
+                Ok(r) => print(&format!("{}\n", r.deleted)),
+                Err(e) => fail(e),
+            }
+        }
+        Command::Range(r) => {
+            let req: RangeRequest = match r.to_request() {
+                Ok(req) => req,
+                Err(msg) => {
+                    eprintln!("raftkv: {msg}");
+                    return EXIT_USAGE;
+                }
+            };
+            let count_only = req.count_only;
+            let keys_only = req.keys_only;
+            match client.range(req, None).await {
+                Ok(resp) if json => print(&output::range_json(&resp)),
+                Ok(resp) => {
+                    if resp.more {
+                        if let Some(last) = resp.kvs.last() {
+                            eprintln!(
+                                "raftkv: more keys match; continue with START just after {:?}",
+                                String::from_utf8_lossy(&last.key)
+                            );
+                        }
+                    }
+                    print(&output::range_text(&resp, count_only, keys_only))
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => {
+            let reports = client.cluster_status().await;
+            let any_up = reports.iter().any(|r| r.status.is_ok());
+            if json {
+                print(&output::status_json(&reports));
+            } else {
+                print(&output::status_table(&reports));
+            }
+            if any_up {
+                0
+            } else {
+                eprintln!("raftkv: no node answered (endpoints: {})", cli.endpoints);
+                EXIT_UNAVAILABLE
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Rendering replies as text for people and as JSON for scripts.
+//!
+//! In JSON, keys and values are strings when they are valid UTF-8; otherwise they appear as
+//! `key_hex` / `value_hex` so no byte is ever lost.
+
+use raftkv_client::pb::{
+    DeleteResponse, GetResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader, Role,
+};
+use raftkv_client::NodeReport;
+use serde_json::{json, Map, Value};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => obj.insert(name.to_string(), Value::String(s.to_string())),
+        Err(_) => obj.insert(format!("{name}_hex"), Value::String(hex(bytes))),
+    };
+}
+
+fn kv_json(kv: &KeyValue, with_value: bool) -> Value {
+    let mut obj = Map::new();
+    put_bytes(&mut obj, "key", &kv.key);
+    if with_value {
+        put_bytes(&mut obj, "value", &kv.value);
+    }
+    obj.insert("create_revision".into(), kv.create_revision.into());
+    obj.insert("mod_revision".into(), kv.mod_revision.into());
+    obj.insert("version".into(), kv.version.into());
+    Value::Object(obj)
+}
+
+fn header_json(h: &Option<ResponseHeader>) -> Value {
+    match h {
+        None => Value::Null,
+        Some(h) => json!({
+            "cluster_id": format!("{:016x}", h.cluster_id),
+            "node_id": h.node_id,
+            "raft_term": h.raft_term,
+            "revision": h.revision,
+            "leader_id": h.leader_id,
+        }),
+    }
+}
+
+fn to_line(v: Value) -> String {
+    format!("{v}\n")
+}
+
+pub fn put_text(r: &PutResponse) -> String {
+    format!("OK (revision {})\n", r.revision)
+}
+
+pub fn put_json(r: &PutResponse) -> String {
+    to_line(json!({
+        "revision": r.revision,
+        "prev_kv": r.prev_kv.as_ref().map(|kv| kv_json(kv, true)),
+        "header": header_json(&r.header),
+    }))
+}
+
+pub fn get_json(r: &GetResponse) -> String {
+    let mut v = match &r.kv {
+        Some(kv) => kv_json(kv, true),
+        None => json!({}),
+    };
+    if let Value::Object(obj) = &mut v {
+        obj.insert("found".into(), r.kv.is_some().into());
+        obj.insert("header".into(), header_json(&r.header));
+    }
+    to_line(v)
+}
+
+pub fn delete_json(r: &DeleteResponse) -> String {
+    to_line(json!({
+        "deleted": r.deleted,
+        "revision": r.revision,
+        "prev_kv": r.prev_kv.as_ref().map(|kv| kv_json(kv, true)),
+        "header": header_json(&r.header),
+    }))
+}
+
+pub fn range_json(r: &RangeResponse) -> String {
+    to_line(json!({
+        "kvs": r.kvs.iter().map(|kv| kv_json(kv, true)).collect::<Vec<_>>(),
+        "more": r.more,
+        "count": r.count,
+        "header": header_json(&r.header),
+    }))
+}
+
+pub fn range_text(r: &RangeResponse, count_only: bool, keys_only: bool) -> String {
+    if count_only {
+        return format!("{}\n", r.count);
+    }
+    let mut out = String::new();
+    for kv in &r.kvs {
+        out.push_str(&String::from_utf8_lossy(&kv.key));
+        if !keys_only {
+            out.push('\t');
+            out.push_str(&String::from_utf8_lossy(&kv.value));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn role_name(role: i32) -> &'static str {
+    match Role::try_from(role) {
+        Ok(Role::Leader) => "leader",
+        Ok(Role::Follower) => "follower",
+        Ok(Role::Candidate) => "candidate",
+        Ok(Role::Learner) => "learner",
+        Ok(Role::Shutdown) => "shutdown",
+        Ok(Role::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// Quorum arithmetic over the reports: (voters answering, voters in total, quorum size).
+fn voter_counts(reports: &[NodeReport]) -> Option<(usize, usize, usize)> {
+    let view = reports
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok())
+        .max_by_key(|s| (s.term, s.role == Role::Leader as i32))?;
+    let voters: Vec<&str> = view
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.client_addr.as_str())
+        .collect();
+    let up = reports
+        .iter()
+        .filter(|r| r.status.is_ok() && voters.contains(&r.addr.as_str()))
+        .count();
+    Some((up, voters.len(), voters.len() / 2 + 1))
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn status_table(reports: &[NodeReport]) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "ADDRESS".into(),
+        "ROLE".into(),
+        "TERM".into(),
+        "LEADER".into(),
+        "APPLIED".into(),
+        "COMMITTED".into(),
+        "DB SIZE".into(),
+    ]];
+    for r in reports {
+        let id = r.id.map_or("?".to_string(), |i| i.to_string());
+        rows.push(match &r.status {
+            Ok(s) => [
+                id,
+                r.addr.clone(),
+                role_name(s.role).into(),
+                s.term.to_string(),
+                if s.leader_id == 0 {
+                    "-".into()
+                } else {
+                    s.leader_id.to_string()
+                },
+                s.applied_index.to_string(),
+                s.committed_index.to_string(),
+                human_bytes(s.db_size_bytes),
+            ],
+            Err(_) => [
+                id,
+                r.addr.clone(),
+                "unreachable".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        });
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let leader = reports
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok())
+        .find(|s| s.role == Role::Leader as i32)
+        .map(|s| s.id);
+    match (leader, voter_counts(reports)) {
+        (Some(l), Some((up, total, quorum))) => out.push_str(&format!(
+            "leader: node {l}; voters up {up}/{total} (quorum {quorum})\n"
+        )),
+        (None, Some((up, total, quorum))) => out.push_str(&format!(
+            "no leader; voters up {up}/{total} (quorum {quorum}){}\n",
+            if up < quorum {
+                ": writes and linearizable reads are unavailable"
+            } else {
+                ": election in progress?"
+            }
+        )),
+        (_, None) => out.push_str("no node answered\n"),
+    }
+    for r in reports {
+        if let Err(e) = &r.status {
+            out.push_str(&format!("{}: {e}\n", r.addr));
+        }
+    }
+    out
+}
+
+pub fn status_json(reports: &[NodeReport]) -> String {
+    let nodes: Vec<Value> = reports
+        .iter()
+        .map(|r| match &r.status {
+            Ok(s) => json!({
+                "id": s.id,
+                "addr": r.addr,
+                "role": role_name(s.role),
+                "term": s.term,
+                "leader": s.leader_id,
+                "last_log_index": s.last_log_index,
+                "committed_index": s.committed_index,
+                "applied_index": s.applied_index,
+                "snapshot_index": s.snapshot_index,
+                "purged_index": s.purged_index,
+                "db_size_bytes": s.db_size_bytes,
+                "cluster_id": s.header.as_ref().map(|h| format!("{:016x}", h.cluster_id)),
+            }),
+            Err(e) => json!({
+                "id": r.id,
+                "addr": r.addr,
+                "role": "unreachable",
+                "error": e,
+            }),
+        })
+        .collect();
+    let mut doc = json!({ "nodes": nodes });
+    if let (Some((up, total, quorum)), Value::Object(obj)) = (voter_counts(reports), &mut doc) {
+        obj.insert("voters_up".into(), up.into());
+        obj.insert("voters_total".into(), total.into());
+        obj.insert("quorum".into(), quorum.into());
+    }
+    to_line(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftkv_client::pb::{Member, StatusResponse};
+
+    fn member(id: u64) -> Member {
+        Member {
+            id,
+            client_addr: format!("127.0.0.1:700{id}"),
+            peer_addr: format!("127.0.0.1:710{id}"),
+            voter: true,
+        }
+    }
+
+    fn up(id: u64, role: Role) -> NodeReport {
+        NodeReport {
+            id: Some(id),
+            addr: format!("127.0.0.1:700{id}"),
+            status: Ok(StatusResponse {
+                id,
+                role: role as i32,
+                term: 4,
+                leader_id: 1,
+                applied_index: 17,
+                members: vec![member(1), member(2), member(3)],
+                db_size_bytes: 3 * 1024 * 1024,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn status_json_has_the_documented_shape() {
+        let reports = vec![
+            up(1, Role::Leader),
+            up(2, Role::Follower),
+            NodeReport {
+                id: Some(3),
+                addr: "127.0.0.1:7003".into(),
+                status: Err("connection refused".into()),
+            },
+        ];
+        let v: Value = serde_json::from_str(&status_json(&reports)).unwrap();
+        let nodes = v["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3);
+        assert_eq!(nodes[0]["role"], "leader");
+        assert_eq!(nodes[0]["id"], 1);
+        assert_eq!(nodes[0]["addr"], "127.0.0.1:7001");
+        assert_eq!(nodes[2]["role"], "unreachable");
+        assert_eq!(
+            (v["voters_up"].as_u64(), v["quorum"].as_u64()),
+            (Some(2), Some(2))
+        );
+        let table = status_table(&reports);
+        assert!(
+            table.contains("leader: node 1; voters up 2/3 (quorum 2)"),
+            "{table}"
+        );
+        assert!(table.contains("unreachable"), "{table}");
+        assert!(table.contains("3.0 MiB"), "{table}");
+    }
+
+    #[test]
+    fn binary_values_survive_as_hex() {
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: vec![0xff, 0x00],
+            ..Default::default()
+        };
+        let v = kv_json(&kv, true);
+        assert_eq!(v["key"], "k");
+        assert_eq!(v["value_hex"], "ff00");
+    }
+}

@@ -1,0 +1,376 @@
+//! `NodeConfig`: every setting of a node in one struct, with defaults, flags, environment
+//! variables and [`NodeConfig::validate`].
+//!
+//! Each flag can also be set by an environment variable (`RAFTKV_` + the flag in upper snake
+//! case), so the same binary runs from a shell, a service manager or a container.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use raftkv_store::{NodeAddr, NodeId};
+
+/// Largest key accepted by the client API, in bytes.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+/// Largest value accepted by the client API, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most key-values one Range reply carries; larger ranges are paged (`more`).
+pub const MAX_RANGE_LIMIT: u64 = 10_000;
+
+/// The members a brand-new cluster starts with: `ID=CLIENT_ADDR@PEER_ADDR,...`.
+///
+/// The first listed node initializes the cluster, once, when its data directory is pristine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialCluster {
+    members: Vec<(NodeId, NodeAddr)>,
+}
+
+impl InitialCluster {
+    pub fn new(members: Vec<(NodeId, NodeAddr)>) -> Result<Self, ConfigError> {
+        let ic = Self { members };
+        ic.check()?;
+        Ok(ic)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.members.is_empty() {
+            return Err(ConfigError::InitialCluster("it lists no member".into()));
+        }
+        let mut seen = BTreeMap::new();
+        for (id, addr) in &self.members {
+            if *id == 0 {
+                return Err(ConfigError::InitialCluster("node ids start at 1".into()));
+            }
+            if seen.insert(*id, ()).is_some() {
+                return Err(ConfigError::InitialCluster(format!(
+                    "node id {id} is listed twice"
+                )));
+            }
+            for (what, a) in [("client", &addr.client_addr), ("peer", &addr.peer_addr)] {
+                if a.parse::<SocketAddr>().is_err() && !looks_like_host_port(a) {
+                    return Err(ConfigError::InitialCluster(format!(
+                        "node {id}: {what} address {a:?} is not HOST:PORT"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node that bootstraps the cluster.
+    pub fn bootstrap_id(&self) -> NodeId {
+        self.members[0].0
+    }
+
+    pub fn members(&self) -> &[(NodeId, NodeAddr)] {
+        &self.members
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<&NodeAddr> {
+        self.members.iter().find(|(i, _)| *i == id).map(|(_, a)| a)
+    }
+
+    pub fn to_map(&self) -> BTreeMap<NodeId, NodeAddr> {
+        self.members.iter().cloned().collect()
+    }
+}
+
+fn looks_like_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+impl FromStr for InitialCluster {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut members = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || {
+                ConfigError::InitialCluster(format!(
+                    "{part:?} is not ID=CLIENT_ADDR@PEER_ADDR (e.g. 1=127.0.0.1:7001@127.0.0.1:7101)"
+                ))
+            };
+            let (id, addrs) = part.split_once('=').ok_or_else(bad)?;
+            let (client, peer) = addrs.split_once('@').ok_or_else(bad)?;
+            let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+            members.push((
+                id,
+                NodeAddr {
+                    client_addr: client.trim().to_string(),
+                    peer_addr: peer.trim().to_string(),
+                },
+            ));
+        }
+        Self::new(members)
+    }
+}
+
+impl fmt::Display for InitialCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .members
+            .iter()
+            .map(|(id, a)| format!("{id}={}@{}", a.client_addr, a.peer_addr))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A node's configuration. Parsed from flags by `raftkvd`; built directly by tests.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeConfig {
+    /// This node's id (1 or more). Never reuse the id of a removed node.
+    #[arg(long, env = "RAFTKV_ID")]
+    pub id: NodeId,
+
+    /// Directory for this node's log, state and snapshots. Created if missing.
+    #[arg(long, env = "RAFTKV_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address the client API (raftkv.v1.KV, Cluster) listens on.
+    #[arg(long, env = "RAFTKV_CLIENT_ADDR", default_value = "127.0.0.1:7001")]
+    pub client_addr: SocketAddr,
+
+    /// Address the node-to-node API listens on.
+    #[arg(long, env = "RAFTKV_PEER_ADDR", default_value = "127.0.0.1:7101")]
+    pub peer_addr: SocketAddr,
+
+    /// Members of a new cluster, `ID=CLIENT_ADDR@PEER_ADDR,...`. The first listed node
+    /// initializes the cluster once; ignored when the data dir already holds Raft state, so a
+    /// restart needs no change of flags. The addresses listed are the ones other nodes and
+    /// clients use to reach each member.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<InitialCluster>,
+
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+
+    /// Minimum election timeout in milliseconds (a follower that hears no leader for a random
+    /// time in [min, max) starts an election).
+    #[arg(long, env = "RAFTKV_ELECTION_MIN_MS", default_value_t = 150)]
+    pub election_min_ms: u64,
+
+    /// Maximum election timeout in milliseconds.
+    #[arg(long, env = "RAFTKV_ELECTION_MAX_MS", default_value_t = 300)]
+    pub election_max_ms: u64,
+
+    /// Build a snapshot (and purge the log behind it) after this many new log entries.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+
+    /// Log entries kept behind the last snapshot, so briefly lagging followers catch up from
+    /// the log instead of a full snapshot.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_KEEP_LOGS", default_value_t = 1_000)]
+    pub snapshot_keep_logs: u64,
+
+    /// Longest a client request may run when the caller sets no deadline, in milliseconds.
+    #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// sled page-cache size in MiB.
+    #[arg(long, env = "RAFTKV_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
+}
+
+/// A configuration that cannot work, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--id must be 1 or more (0 means \"no node\" in the API)")]
+    ZeroId,
+    #[error("--initial-cluster: {0}")]
+    InitialCluster(String),
+    #[error("--initial-cluster does not list this node's id {0}; add `{0}=CLIENT_ADDR@PEER_ADDR`")]
+    NotInInitialCluster(NodeId),
+    #[error("--heartbeat-ms must be at least 1")]
+    ZeroHeartbeat,
+    #[error("--election-min-ms ({min}) must be below --election-max-ms ({max})")]
+    ElectionRange { min: u64, max: u64 },
+    #[error("--election-min-ms ({min}) must be more than twice --heartbeat-ms ({heartbeat}), or followers will time out between heartbeats")]
+    ElectionVsHeartbeat { min: u64, heartbeat: u64 },
+    #[error("--client-addr and --peer-addr must differ (both are {0})")]
+    SameAddr(SocketAddr),
+    #[error("--snapshot-every must be at least 1")]
+    ZeroSnapshotEvery,
+    #[error("--request-timeout-ms must be at least 1")]
+    ZeroRequestTimeout,
+    #[error("--cache-mb must be at least 1")]
+    ZeroCache,
+}
+
+impl NodeConfig {
+    /// A configuration with every default, for tests and embedding.
+    pub fn new(
+        id: NodeId,
+        data_dir: PathBuf,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            id,
+            data_dir,
+            client_addr,
+            peer_addr,
+            initial_cluster: None,
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 300,
+            snapshot_every: 10_000,
+            snapshot_keep_logs: 1_000,
+            request_timeout_ms: 30_000,
+            cache_mb: 64,
+        }
+    }
+
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        if let Some(ic) = &self.initial_cluster {
+            ic.check()?;
+            if ic.get(self.id).is_none() {
+                return Err(ConfigError::NotInInitialCluster(self.id));
+            }
+        }
+        if self.heartbeat_ms == 0 {
+            return Err(ConfigError::ZeroHeartbeat);
+        }
+        if self.election_min_ms >= self.election_max_ms {
+            return Err(ConfigError::ElectionRange {
+                min: self.election_min_ms,
+                max: self.election_max_ms,
+            });
+        }
+        if self.election_min_ms <= 2 * self.heartbeat_ms {
+            return Err(ConfigError::ElectionVsHeartbeat {
+                min: self.election_min_ms,
+                heartbeat: self.heartbeat_ms,
+            });
+        }
+        if self.client_addr == self.peer_addr && self.client_addr.port() != 0 {
+            return Err(ConfigError::SameAddr(self.client_addr));
+        }
+        if self.snapshot_every == 0 {
+            return Err(ConfigError::ZeroSnapshotEvery);
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(ConfigError::ZeroRequestTimeout);
+        }
+        if self.cache_mb == 0 {
+            return Err(ConfigError::ZeroCache);
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration these settings give.
+    pub fn raft_config(&self) -> openraft::Config {
+        openraft::Config {
+            cluster_name: "raftkv".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            // Per chunk; chunks are 1 MiB, so this allows ~2 MiB/s on a struggling link.
+            install_snapshot_timeout: 500.max(self.heartbeat_ms * 4),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            snapshot_max_chunk_size: crate::network::SNAPSHOT_CHUNK_BYTES,
+            max_in_snapshot_log_to_keep: self.snapshot_keep_logs,
+            // Keep lagging followers on the log a bit past the snapshot interval.
+            replication_lag_threshold: self.snapshot_every + self.snapshot_keep_logs,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+    }
+
+    /// Default deadline of a client request that carries none.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The addresses other nodes and clients use for this node: its `--initial-cluster` entry
+    /// when there is one, else the listen addresses.
+    pub fn advertised(&self) -> NodeAddr {
+        match self.initial_cluster.as_ref().and_then(|ic| ic.get(self.id)) {
+            Some(a) => a.clone(),
+            None => NodeAddr {
+                client_addr: self.client_addr.to_string(),
+                peer_addr: self.peer_addr.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> NodeConfig {
+        NodeConfig::new(
+            1,
+            PathBuf::from("/tmp/x"),
+            "127.0.0.1:7001".parse().unwrap(),
+            "127.0.0.1:7101".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid_and_give_a_valid_raft_config() {
+        let c = cfg();
+        c.validate().unwrap();
+        c.raft_config().validate().unwrap();
+    }
+
+    #[test]
+    fn initial_cluster_parses_and_prints_back() {
+        let s = "1=127.0.0.1:7001@127.0.0.1:7101,2=127.0.0.1:7002@127.0.0.1:7102";
+        let ic: InitialCluster = s.parse().unwrap();
+        assert_eq!(ic.bootstrap_id(), 1);
+        assert_eq!(ic.get(2).unwrap().peer_addr, "127.0.0.1:7102");
+        assert_eq!(ic.to_string(), s);
+    }
+
+    #[test]
+    fn initial_cluster_rejects_what_cannot_work() {
+        for bad in [
+            "",
+            "1=127.0.0.1:7001",
+            "x=127.0.0.1:7001@127.0.0.1:7101",
+            "0=127.0.0.1:7001@127.0.0.1:7101",
+            "1=a:1@b:2,1=c:3@d:4",
+            "1=127.0.0.1@127.0.0.1:7101",
+        ] {
+            assert!(
+                bad.parse::<InitialCluster>().is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_names_the_bad_setting() {
+        let mut c = cfg();
+        c.election_min_ms = 300;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ElectionRange { .. })
+        ));
+        let mut c = cfg();
+        c.heartbeat_ms = 100;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ElectionVsHeartbeat { .. })
+        ));
+        let mut c = cfg();
+        c.initial_cluster = Some("2=127.0.0.1:7002@127.0.0.1:7102".parse().unwrap());
+        assert_eq!(c.validate(), Err(ConfigError::NotInInitialCluster(1)));
+        let mut c = cfg();
+        c.id = 0;
+        assert_eq!(c.validate(), Err(ConfigError::ZeroId));
+    }
+}

@@ -1,0 +1,180 @@
+//! `ApiError`: everything the client API can answer besides success, and its mapping to gRPC
+//! status codes and metadata, in one place.
+//!
+//! | variant          | code               | `raftkv-error`  | retry?                          |
+//! |------------------|--------------------|-----------------|---------------------------------|
+//! | InvalidArgument  | INVALID_ARGUMENT   | –               | no: fix the request             |
+//! | NotLeader        | UNAVAILABLE        | `not-leader`    | yes, on the leader named        |
+//! | NoLeader         | UNAVAILABLE        | `no-leader`     | yes, after a pause              |
+//! | ShuttingDown     | UNAVAILABLE        | `shutting-down` | yes, on another node            |
+//! | Indeterminate    | UNAVAILABLE        | `indeterminate` | only if the write is idempotent |
+//! | Storage          | INTERNAL           | –               | no: the node needs attention    |
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use raftkv_proto::{error_kind, metadata};
+use raftkv_store::{NodeAddr, NodeId};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("node {this} is not the leader; send this request to the leader, node {leader_id} at {leader_addr}")]
+    NotLeader {
+        this: NodeId,
+        leader_id: NodeId,
+        leader_addr: String,
+    },
+    #[error("node {this} knows no leader (an election may be under way, or a majority of nodes is unreachable); retry shortly. {detail}")]
+    NoLeader { this: NodeId, detail: String },
+    #[error("node {0} is shutting down; use another node")]
+    ShuttingDown(NodeId),
+    #[error("the outcome of this write is unknown: it may or may not have been applied ({0})")]
+    Indeterminate(String),
+    #[error("storage error on this node: {0}")]
+    Storage(String),
+}
+
+impl ApiError {
+    /// Builds the "go to the leader" answer from openraft's forward hint.
+    pub fn forward(this: NodeId, f: &ForwardToLeader<NodeId, NodeAddr>) -> Self {
+        match (f.leader_id, &f.leader_node) {
+            (Some(leader_id), Some(node)) if leader_id != this => Self::NotLeader {
+                this,
+                leader_id,
+                leader_addr: node.client_addr.clone(),
+            },
+            _ => Self::NoLeader {
+                this,
+                detail: String::new(),
+            },
+        }
+    }
+
+    /// Maps a failed linearizable-read barrier.
+    pub fn from_read_barrier(
+        this: NodeId,
+        e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>,
+    ) -> Self {
+        match e {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Self::forward(this, &f),
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Self::NoLeader {
+                this,
+                detail: format!("leadership could not be confirmed: {q}"),
+            },
+            RaftError::Fatal(_) => Self::ShuttingDown(this),
+        }
+    }
+
+    /// Maps a failed `client_write`. A forward hint here means the entry was never appended, or
+    /// was truncated away by a new leader (so it can never commit): the write did not happen.
+    /// A fatal error means Raft stopped while the write may have been in flight.
+    pub fn from_client_write(
+        this: NodeId,
+        e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>,
+    ) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Self::forward(this, &f),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                Self::Storage(c.to_string())
+            }
+            RaftError::Fatal(f) => Self::Indeterminate(format!("node {this} stopped: {f}")),
+        }
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        match self {
+            Self::NotLeader { .. } => Some(error_kind::NOT_LEADER),
+            Self::NoLeader { .. } => Some(error_kind::NO_LEADER),
+            Self::ShuttingDown(_) => Some(error_kind::SHUTTING_DOWN),
+            Self::Indeterminate(_) => Some(error_kind::INDETERMINATE),
+            Self::InvalidArgument(_) | Self::Storage(_) => None,
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotLeader { .. }
+            | Self::NoLeader { .. }
+            | Self::ShuttingDown(_)
+            | Self::Indeterminate(_) => Code::Unavailable,
+            Self::Storage(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let mut status = Status::new(e.code(), e.to_string());
+        let md = status.metadata_mut();
+        if let Some(kind) = e.kind() {
+            md.insert(metadata::ERROR_KIND, MetadataValue::from_static(kind));
+        }
+        if let ApiError::NotLeader {
+            leader_id,
+            leader_addr,
+            ..
+        } = &e
+        {
+            md.insert(metadata::LEADER_ID, MetadataValue::from(*leader_id));
+            if let Ok(v) = MetadataValue::try_from(leader_addr.as_str()) {
+                md.insert(metadata::LEADER_ADDR, v);
+            }
+        }
+        status
+    }
+}
+
+impl From<raftkv_store::StoreError> for ApiError {
+    fn from(e: raftkv_store::StoreError) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_carries_the_leader_in_metadata() {
+        let s: Status = ApiError::NotLeader {
+            this: 2,
+            leader_id: 1,
+            leader_addr: "127.0.0.1:7001".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.metadata().get(metadata::LEADER_ID).unwrap(), "1");
+        assert_eq!(
+            s.metadata().get(metadata::LEADER_ADDR).unwrap(),
+            "127.0.0.1:7001"
+        );
+        assert_eq!(
+            s.metadata().get(metadata::ERROR_KIND).unwrap(),
+            error_kind::NOT_LEADER
+        );
+        assert!(
+            s.message().contains("node 1 at 127.0.0.1:7001"),
+            "{}",
+            s.message()
+        );
+    }
+
+    #[test]
+    fn forward_without_leader_is_no_leader() {
+        let f = ForwardToLeader::<NodeId, NodeAddr>::empty();
+        assert!(matches!(
+            ApiError::forward(3, &f),
+            ApiError::NoLeader { this: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_argument_has_no_retry_hint() {
+        let s: Status = ApiError::InvalidArgument("key is empty".into()).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.metadata().get(metadata::ERROR_KIND).is_none());
+    }
+}

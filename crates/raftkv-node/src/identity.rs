@@ -1,0 +1,156 @@
+//! The data directory's identity file, `node.json`: which node owns the directory, and the
+//! random incarnation drawn when it was created.
+//!
+//! It lets a node refuse a directory that belongs to another node, notice a directory whose
+//! database was deleted, and lets peers notice a member whose data was wiped (its incarnation
+//! changes; see [`crate::network::IncarnationRegistry`]).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use raftkv_store::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::startup::StartupError;
+
+const FILE_NAME: &str = "node.json";
+const DB_DIR: &str = "db";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub incarnation: u64,
+}
+
+fn inconsistent(dir: &Path, detail: String) -> StartupError {
+    StartupError::InconsistentDataDir {
+        dir: dir.display().to_string(),
+        detail,
+    }
+}
+
+/// Reads the identity of `data_dir`, creating it for a brand-new directory.
+pub fn load_or_create(data_dir: &Path, node_id: NodeId) -> Result<Identity, StartupError> {
+    let path = data_dir.join(FILE_NAME);
+    let db_exists = data_dir.join(DB_DIR).exists();
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let identity: Identity = serde_json::from_slice(&bytes).map_err(|e| {
+                inconsistent(
+                    data_dir,
+                    format!(
+                        "{} is unreadable ({e}); restore it from a backup of this node",
+                        path.display()
+                    ),
+                )
+            })?;
+            if identity.node_id != node_id {
+                return Err(StartupError::WrongNode {
+                    dir: data_dir.display().to_string(),
+                    owner: identity.node_id,
+                    requested: node_id,
+                });
+            }
+            if !db_exists {
+                return Err(inconsistent(
+                    data_dir,
+                    format!(
+                        "{} exists but the database ({DB_DIR}/) is gone, so this node has lost its log and vote. \
+                         Do not restart it under id {node_id}: remove it from the cluster and add a node with a new id and an empty data dir",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(identity)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if db_exists {
+                return Err(inconsistent(
+                    data_dir,
+                    format!(
+                        "it holds a database ({DB_DIR}/) but no {FILE_NAME}; it was not created by raftkvd or was partly deleted. \
+                         Point --data-dir at this node's own directory, or at an empty one for a new node"
+                    ),
+                ));
+            }
+            fs::create_dir_all(data_dir).map_err(|e| {
+                StartupError::Io(format!("cannot create {}: {e}", data_dir.display()))
+            })?;
+            let identity = Identity {
+                node_id,
+                incarnation: rand::random::<u64>() | 1,
+            };
+            write_atomically(data_dir, &path, &identity)
+                .map_err(|e| StartupError::Io(format!("cannot write {}: {e}", path.display())))?;
+            Ok(identity)
+        }
+        Err(e) => Err(StartupError::Io(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn write_atomically(dir: &Path, path: &Path, identity: &Identity) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let bytes = serde_json::to_vec_pretty(identity).map_err(std::io::Error::other)?;
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(dir.path(), 3).unwrap();
+        fs::create_dir(dir.path().join(DB_DIR)).unwrap();
+        let b = load_or_create(dir.path(), 3).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.incarnation, 0);
+    }
+
+    #[test]
+    fn another_nodes_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create(dir.path(), 1).unwrap();
+        fs::create_dir(dir.path().join(DB_DIR)).unwrap();
+        let err = load_or_create(dir.path(), 2).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StartupError::WrongNode {
+                    owner: 1,
+                    requested: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_lost_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create(dir.path(), 1).unwrap();
+        let err = load_or_create(dir.path(), 1).unwrap_err();
+        assert!(err.to_string().contains("lost its log and vote"), "{err}");
+    }
+
+    #[test]
+    fn a_database_without_identity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(DB_DIR)).unwrap();
+        let err = load_or_create(dir.path(), 1).unwrap_err();
+        assert!(
+            matches!(err, StartupError::InconsistentDataDir { .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,263 @@
+//! `RunningNode`: a started node — Raft, store, the two gRPC servers and the background
+//! leadership watcher — and its orderly shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+use raftkv_proto::v1::cluster_server::ClusterServer;
+use raftkv_proto::v1::kv_server::KvServer;
+use raftkv_proto::v1::raft_peer_server::RaftPeerServer;
+use raftkv_store::command::{Command, Response};
+use raftkv_store::types::Raft;
+use raftkv_store::{NodeId, StoreConfig, StoreHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+use crate::cluster_service::ClusterService;
+use crate::config::{NodeConfig, MAX_VALUE_BYTES};
+use crate::core::NodeCore;
+use crate::identity;
+use crate::kv_service::KvService;
+use crate::network::{
+    IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES,
+};
+use crate::peer_service::PeerService;
+use crate::startup::{self, StartupError};
+
+/// Largest client request accepted: a maximal value plus room for the key and framing, so an
+/// oversized value gets our own clear InvalidArgument rather than a transport error.
+const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * MAX_VALUE_BYTES;
+/// How long shutdown waits for in-flight client requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running raftkv node.
+pub struct RunningNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub store: StoreHandle,
+    /// Where the client API actually listens (useful when configured with port 0).
+    pub client_addr: SocketAddr,
+    /// Where the peer API actually listens.
+    pub peer_addr: SocketAddr,
+    /// Test hook to cut this node's outgoing peer links.
+    pub faults: LinkFaults,
+    shutdown: watch::Sender<bool>,
+    client_server: JoinHandle<()>,
+    peer_server: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+impl RunningNode {
+    /// Binds the configured addresses and starts the node.
+    pub async fn start(config: NodeConfig) -> Result<Self, StartupError> {
+        config.validate()?;
+        let client = bind(config.client_addr).await?;
+        let peer = bind(config.peer_addr).await?;
+        Self::start_with_listeners(config, client, peer).await
+    }
+
+    /// Starts the node on listeners the caller has bound (tests bind port 0 first).
+    pub async fn start_with_listeners(
+        config: NodeConfig,
+        client_listener: TcpListener,
+        peer_listener: TcpListener,
+    ) -> Result<Self, StartupError> {
+        config.validate()?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|e| StartupError::Io(e.to_string()))?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(|e| StartupError::Io(e.to_string()))?;
+
+        let identity = identity::load_or_create(&config.data_dir, config.id)?;
+        let store_config = StoreConfig {
+            cache_capacity_bytes: config.cache_mb * 1024 * 1024,
+        };
+        let data_dir = config.data_dir.clone();
+        let store =
+            tokio::task::spawn_blocking(move || raftkv_store::open(&data_dir, &store_config))
+                .await
+                .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))??;
+        let summary = store.handle.summary()?;
+        startup::check_store(&config.data_dir.display().to_string(), &summary)?;
+
+        let me = Sender {
+            id: config.id,
+            incarnation: identity.incarnation,
+        };
+        let faults = LinkFaults::default();
+        let incarnations = IncarnationRegistry::default();
+        let network = PeerNetwork::new(me, faults.clone(), incarnations.clone());
+        let raft_config = config.raft_config().validate().map_err(|e| {
+            StartupError::Config(crate::config::ConfigError::InitialCluster(e.to_string()))
+        })?;
+        let handle = store.handle.clone();
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            network.clone(),
+            store.log_store,
+            store.state_machine,
+        )
+        .await
+        .map_err(|e| StartupError::Raft(e.to_string()))?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let core = NodeCore {
+            id: config.id,
+            raft: raft.clone(),
+            store: handle.clone(),
+        };
+
+        let peer_service = RaftPeerServer::new(PeerService::new(
+            raft.clone(),
+            me,
+            handle.clone(),
+            incarnations,
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let peer_server = spawn_server(
+            "peer",
+            Server::builder().add_service(peer_service),
+            peer_listener,
+            shutdown_rx.clone(),
+        );
+        let kv = KvServer::new(KvService::new(core.clone()))
+            .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
+        let cluster = ClusterServer::new(ClusterService::new(core.clone()));
+        let client_server = spawn_server(
+            "client",
+            Server::builder()
+                .timeout(config.request_timeout())
+                .add_service(kv)
+                .add_service(cluster),
+            client_listener,
+            shutdown_rx.clone(),
+        );
+        let watcher = tokio::spawn(watch_leadership(core, shutdown_rx));
+
+        tracing::info!(
+            id = config.id,
+            %client_addr,
+            %peer_addr,
+            data_dir = %config.data_dir.display(),
+            "node started"
+        );
+        let node = Self {
+            id: config.id,
+            raft,
+            store: handle,
+            client_addr,
+            peer_addr,
+            faults,
+            shutdown,
+            client_server,
+            peer_server,
+            watcher,
+        };
+        if let Err(e) = startup::bootstrap(&node.raft, &config, &summary, &network).await {
+            node.shutdown().await;
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    /// Stops the node in order: stop taking client calls (letting in-flight ones finish),
+    /// stop Raft, stop the peer API, flush the store.
+    pub async fn shutdown(self) {
+        tracing::info!(id = self.id, "shutting down");
+        let _ = self.shutdown.send(true);
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.client_server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("client requests did not drain in time");
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.peer_server).await;
+        let _ = self.watcher.await;
+        if let Err(e) = self.store.flush() {
+            tracing::error!("final flush failed: {e}");
+        }
+        tracing::info!(id = self.id, "stopped");
+    }
+}
+
+fn spawn_server(
+    name: &'static str,
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
+            tracing::error!(server = name, "gRPC server failed: {e}");
+        }
+    })
+}
+
+/// Logs leadership changes, and has a new leader record the cluster id if none is set yet.
+async fn watch_leadership(core: NodeCore, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = core.raft.server_metrics();
+    let mut last_leader: Option<NodeId> = None;
+    let mut last_state = ServerState::Learner;
+    let mut proposed_in_term = None;
+    loop {
+        let m = metrics.borrow_and_update().clone();
+        let term = m.vote.leader_id().term;
+        if m.current_leader != last_leader {
+            match m.current_leader {
+                Some(leader) => tracing::info!(term, leader, "leader elected"),
+                None => tracing::info!(term, previous = ?last_leader, "leader lost"),
+            }
+            last_leader = m.current_leader;
+        }
+        if m.state != last_state {
+            tracing::info!(term, role = ?m.state, "role changed");
+            last_state = m.state;
+        }
+        if m.state == ServerState::Leader
+            && core.store.reader().cluster_id() == 0
+            && proposed_in_term != Some(term)
+        {
+            proposed_in_term = Some(term);
+            let core = core.clone();
+            tokio::spawn(async move {
+                let cluster_id = rand::random::<u64>() | 1;
+                match core.write(Command::SetClusterId { cluster_id }).await {
+                    Ok(Response::ClusterId { cluster_id }) => {
+                        tracing::info!(cluster_id = format!("{cluster_id:016x}"), "cluster id set")
+                    }
+                    Ok(other) => tracing::warn!(?other, "unexpected reply to SetClusterId"),
+                    Err(e) => tracing::debug!("cluster id not recorded yet: {e}"),
+                }
+            });
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}

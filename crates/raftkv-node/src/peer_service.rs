@@ -1,0 +1,108 @@
+//! The server side of the peer transport: `raftkv.v1.RaftPeer`, which hands other nodes' Raft
+//! RPCs to this node's Raft and answers bootstrap probes.
+//!
+//! Payloads are codec envelopes of openraft's types (see raftkv-store's codec). A payload that
+//! does not decode is refused with INVALID_ARGUMENT; a sender whose data directory was wiped
+//! (its incarnation changed) is refused with FAILED_PRECONDITION.
+
+use raftkv_proto::v1::raft_peer_server::RaftPeer;
+use raftkv_proto::v1::{HelloRequest, HelloResponse, RaftMessage};
+use raftkv_store::types::Raft;
+use raftkv_store::{codec, StoreHandle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::network::{IncarnationRegistry, Sender};
+
+pub struct PeerService {
+    raft: Raft,
+    me: Sender,
+    store: StoreHandle,
+    incarnations: IncarnationRegistry,
+}
+
+impl PeerService {
+    pub fn new(
+        raft: Raft,
+        me: Sender,
+        store: StoreHandle,
+        incarnations: IncarnationRegistry,
+    ) -> Self {
+        Self {
+            raft,
+            me,
+            store,
+            incarnations,
+        }
+    }
+
+    fn admit<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
+        let msg = request.into_inner();
+        if let Err(wiped) = self.incarnations.check(msg.from, msg.incarnation) {
+            tracing::error!(peer = msg.from, "{wiped}");
+            return Err(Status::failed_precondition(wiped.to_string()));
+        }
+        codec::decode(&msg.payload).map_err(|e| {
+            Status::invalid_argument(format!(
+                "undecodable peer message from node {}: {e}",
+                msg.from
+            ))
+        })
+    }
+
+    fn reply<T: Serialize>(&self, result: &T) -> Result<Response<RaftMessage>, Status> {
+        let payload = codec::encode(result)
+            .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+        Ok(Response::new(RaftMessage {
+            payload,
+            from: self.me.id,
+            incarnation: self.me.incarnation,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.admit(request)?;
+        let result = self.raft.append_entries(rpc).await;
+        self.reply(&result)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.admit(request)?;
+        let result = self.raft.vote(rpc).await;
+        self.reply(&result)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = self.admit(request)?;
+        let result = self.raft.install_snapshot(rpc).await;
+        self.reply(&result)
+    }
+
+    async fn hello(
+        &self,
+        _request: Request<HelloRequest>,
+    ) -> Result<Response<HelloResponse>, Status> {
+        let summary = self
+            .store
+            .summary()
+            .map_err(|e| Status::internal(format!("cannot read local state: {e}")))?;
+        let term = self.raft.metrics().borrow().current_term;
+        Ok(Response::new(HelloResponse {
+            node_id: self.me.id,
+            incarnation: self.me.incarnation,
+            initialized: summary.has_raft_state(),
+            cluster_id: self.store.reader().cluster_id(),
+            term,
+        }))
+    }
+}
