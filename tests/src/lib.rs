@@ -1,1 +1,57 @@
+//! raftkv-tests: cluster harnesses for raftkv's end-to-end tests.
+//!
+//! - [`in_process`]: several nodes in the test process, on real loopback gRPC, with links that
+//!   can be cut ([`raftkv_node::network::LinkFaults`]);
+//! - [`process`]: real `raftkvd` processes that can be SIGKILLed, paused and restarted;
+//! - [`wait`]: waiting on a condition with a deadline (never a bare sleep).
+//!
+//! Everything binds 127.0.0.1 only, lives in temp dirs, and is torn down on drop.
 
+pub mod in_process;
+pub mod process;
+pub mod wait;
+
+use std::path::PathBuf;
+
+/// Installs a test-friendly tracing subscriber once (output captured by the test runner).
+/// `RUST_LOG` picks the level; the default is `warn`.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,openraft=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Path of a binary built by this workspace (`raftkvd`, `raftkv`), next to the running test's
+/// own target directory. `RAFTKVD_BIN` / `RAFTKV_BIN` override it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_uppercase());
+    if let Ok(p) = std::env::var(&var) {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build the workspace binaries first (`cargo build --workspace --bins`, which \
+         scripts/test.sh does), or set {var}",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}

@@ -7,8 +7,8 @@
 //! - Failures are classified the way openraft's replication expects: a peer that cannot be
 //!   reached is `Unreachable` (openraft backs off), a deadline is `Timeout`, anything else on
 //!   the wire is `Network`, and an error returned by the remote Raft is `RemoteError`.
-//! - An AppendEntries batch too large for one message is refused locally as `PayloadTooLarge`
-//!   with a hint, so openraft retries with fewer entries.
+//! - An AppendEntries batch over [`APPEND_BYTES_BUDGET`] is refused locally as
+//!   `PayloadTooLarge` with a hint, so openraft retries with fewer entries.
 //! - [`LinkFaults`] lets tests cut links between in-process nodes.
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +35,11 @@ use tonic::Code;
 
 /// Largest peer message, in bytes (AppendEntries batches, snapshot chunks).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Soft size budget of one AppendEntries. openraft 0.9 gives every AppendEntries one heartbeat
+/// interval (50 ms by default) to be sent, fsynced by the follower and answered; a batch larger
+/// than this is refused locally as `PayloadTooLarge`, and openraft resends fewer entries. A
+/// single entry is always sent, whatever its size.
+pub const APPEND_BYTES_BUDGET: usize = 2 * 1024 * 1024;
 /// Snapshot chunk size openraft uses when sending a snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// How long establishing a TCP connection to a peer may take.
@@ -207,7 +212,7 @@ impl PeerClient {
         &mut self,
         rpc: RPCTypes,
         req: &Req,
-        payload_len_hint: Option<usize>,
+        entry_count: Option<usize>,
         option: &RPCOption,
     ) -> RpcResult<Resp, E>
     where
@@ -231,11 +236,10 @@ impl PeerClient {
             }
         };
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if payload.len() > MAX_PEER_MESSAGE_BYTES {
-            if let Some(entries) = payload_len_hint.filter(|n| *n > 1) {
+        if payload.len() > APPEND_BYTES_BUDGET {
+            if let Some(entries) = entry_count.filter(|n| *n > 1) {
                 let fit =
-                    (entries as u128 * MAX_PEER_MESSAGE_BYTES as u128 / payload.len() as u128 / 2)
-                        .max(1);
+                    (entries as u128 * APPEND_BYTES_BUDGET as u128 / payload.len() as u128).max(1);
                 return Err(RPCError::PayloadTooLarge(
                     PayloadTooLarge::new_entries_hint(fit as u64),
                 ));

@@ -105,27 +105,25 @@ pub async fn bootstrap(
         };
         let mut client = RaftPeerClient::new(channel);
         let probe = client.hello(HelloRequest { from_id: config.id });
-        match tokio::time::timeout(HELLO_TIMEOUT, probe).await {
-            Ok(Ok(resp)) => {
-                let resp = resp.into_inner();
-                if resp.node_id != *id {
-                    tracing::warn!(
-                        expected = id,
-                        found = resp.node_id,
-                        addr = %addr.peer_addr,
-                        "a different node answers at a listed peer address; check --initial-cluster"
-                    );
-                }
-                if resp.initialized {
-                    return Err(StartupError::ClusterAlreadyExists {
-                        peer: resp.node_id,
-                        addr: addr.peer_addr.clone(),
-                        term: resp.term,
-                    });
-                }
-            }
-            // Not up yet: it will be contacted by the leader once it is.
-            Ok(Err(_)) | Err(_) => {}
+        // A peer that does not answer is not up yet: the leader will contact it once it is.
+        let Ok(Ok(resp)) = tokio::time::timeout(HELLO_TIMEOUT, probe).await else {
+            continue;
+        };
+        let resp = resp.into_inner();
+        if resp.node_id != *id {
+            tracing::warn!(
+                expected = id,
+                found = resp.node_id,
+                addr = %addr.peer_addr,
+                "a different node answers at a listed peer address; check --initial-cluster"
+            );
+        }
+        if resp.initialized {
+            return Err(StartupError::ClusterAlreadyExists {
+                peer: resp.node_id,
+                addr: addr.peer_addr.clone(),
+                term: resp.term,
+            });
         }
     }
     match raft.initialize(ic.to_map()).await {

@@ -26,12 +26,18 @@ pub struct ClientSession {
 pub enum Command {
     /// Set `key` to `value`.
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         prev_kv: bool,
     },
     /// Remove `key` if present.
-    Delete { key: Vec<u8>, prev_kv: bool },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        prev_kv: bool,
+    },
     /// Record the cluster's id. Applied only if no id is set yet, so a retried or duplicated
     /// proposal is harmless.
     SetClusterId { cluster_id: u64 },
@@ -50,7 +56,9 @@ impl Request {
 /// A key, its value and its revision metadata, as stored and as returned to clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub create_revision: u64,
     pub mod_revision: u64,

@@ -11,6 +11,10 @@
 //! [`open`] opens both and returns the parts openraft drives plus a [`StoreHandle`] the node
 //! keeps for reads, status and start-up checks.
 
+// openraft's storage traits fix `StorageError` (~224 bytes) as the error type; helpers return
+// it too so `?` works across them. Errors are the cold path here.
+#![allow(clippy::result_large_err)]
+
 pub mod codec;
 pub mod command;
 mod error;

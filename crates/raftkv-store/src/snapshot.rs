@@ -23,12 +23,20 @@ const TMP_NAME: &str = "current.snap.tmp";
 /// [`SnapshotMeta`] carries.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SnapshotPayload {
-    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    pub records: Vec<Record>,
 }
+
+/// One state-machine record: a raw tree key and value.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Record(
+    #[serde(with = "serde_bytes")] pub Vec<u8>,
+    #[serde(with = "serde_bytes")] pub Vec<u8>,
+);
 
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 

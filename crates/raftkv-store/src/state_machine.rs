@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::command::{Command, KeyValue, Response};
 use crate::error::StoreError;
-use crate::snapshot::{SnapshotFiles, SnapshotPayload};
+use crate::snapshot::{Record, SnapshotFiles, SnapshotPayload};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -52,6 +52,7 @@ const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
 /// A user key's value and revision metadata as stored (the key itself is the tree key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredValue {
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
     create_revision: u64,
     mod_revision: u64,
@@ -521,7 +522,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let tree = db.open_tree(&new_name).map_err(w)?;
         let mut batch = sled::Batch::default();
         let mut cluster_id = 0;
-        for (k, v) in payload.records {
+        for Record(k, v) in payload.records {
             if k.as_slice() == KEY_CLUSTER_ID {
                 cluster_id = codec::decode(&v).map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
             }
@@ -577,7 +578,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 struct CollectedState {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    records: Vec<(Vec<u8>, Vec<u8>)>,
+    records: Vec<Record>,
 }
 
 fn collect_state(tree: &sled::Tree) -> Result<CollectedState, StoreError> {
@@ -589,7 +590,7 @@ fn collect_state(tree: &sled::Tree) -> Result<CollectedState, StoreError> {
         match k.as_ref() {
             KEY_LAST_APPLIED => last_applied = codec::decode::<Option<LogId>>(&v)?,
             KEY_MEMBERSHIP => membership = codec::decode(&v)?,
-            _ => records.push((k.to_vec(), v.to_vec())),
+            _ => records.push(Record(k.to_vec(), v.to_vec())),
         }
     }
     Ok(CollectedState {

@@ -22,8 +22,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStor
 }
 
 #[test]
-fn sled_store_passes_openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(SledStoreBuilder)
+fn sled_store_passes_openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(SledStoreBuilder) {
+        panic!("storage suite failed: {e}");
+    }
 }
 
 fn log_id(term: u64, index: u64) -> LogId {

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# A local raftkv cluster on 127.0.0.1, for trying raftkv and watching it fail over.
+#
+#   scripts/cluster.sh up          build (if needed), start 3 nodes, wait for a leader, show status
+#   scripts/cluster.sh status      the status table (raftkv cluster status)
+#   scripts/cluster.sh kill N      SIGKILL node N (a crash)
+#   scripts/cluster.sh stop N      SIGTERM node N (a clean shutdown)
+#   scripts/cluster.sh start N     start node N again with its data
+#   scripts/cluster.sh restart N   stop then start node N
+#   scripts/cluster.sh pause N     SIGSTOP node N (a frozen process, like a long GC pause)
+#   scripts/cluster.sh resume N    SIGCONT node N
+#   scripts/cluster.sh logs N [-f] print (or follow) node N's log
+#   scripts/cluster.sh down        stop every node
+#   scripts/cluster.sh clean       stop every node and delete all data and logs
+#
+# Ports: node N serves clients on 7000+N and peers on 7100+N. Override with RAFTKV_CLIENT_PORT_BASE
+# and RAFTKV_PEER_PORT_BASE (the port of node N is BASE+N). RAFTKV_NODES sets the node count (3).
+# Data, logs and PID files live in .cluster/ at the top of the checkout (git-ignored), or in
+# RAFTKV_CLUSTER_DIR. Extra raftkvd flags can be passed in RAFTKV_NODE_FLAGS.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="${RAFTKV_CLUSTER_DIR:-$ROOT/.cluster}"
+NODES="${RAFTKV_NODES:-3}"
+CLIENT_BASE="${RAFTKV_CLIENT_PORT_BASE:-7000}"
+PEER_BASE="${RAFTKV_PEER_PORT_BASE:-7100}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="$TARGET_DIR/release"
+RAFTKVD="$BIN/raftkvd"
+RAFTKV="$BIN/raftkv"
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+client_port() { echo $((CLIENT_BASE + $1)); }
+peer_port() { echo $((PEER_BASE + $1)); }
+endpoints() {
+  local out="" i
+  for i in $(seq 1 "$NODES"); do out+="${out:+,}127.0.0.1:$(client_port "$i")"; done
+  echo "$out"
+}
+initial_cluster() {
+  local out="" i
+  for i in $(seq 1 "$NODES"); do
+    out+="${out:+,}$i=127.0.0.1:$(client_port "$i")@127.0.0.1:$(peer_port "$i")"
+  done
+  echo "$out"
+}
+
+pidfile() { echo "$DIR/node$1.pid"; }
+logfile() { echo "$DIR/node$1.log"; }
+
+# The PID of node N if it is running (and really is a raftkvd), else nothing.
+running_pid() {
+  local f pid
+  f="$(pidfile "$1")"
+  [[ -f "$f" ]] || return 0
+  pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null && grep -q raftkvd "/proc/$pid/cmdline" 2>/dev/null; then
+    echo "$pid"
+  fi
+}
+
+check_node() {
+  [[ "$1" =~ ^[0-9]+$ ]] && (( $1 >= 1 && $1 <= NODES )) || die "no node '$1' (nodes are 1..$NODES)"
+}
+
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+build() {
+  if [[ "${RAFTKV_SKIP_BUILD:-0}" == 1 && -x "$RAFTKVD" && -x "$RAFTKV" ]]; then return; fi
+  echo "building release binaries (the first build takes a few minutes)..." >&2
+  (cd "$ROOT" && cargo build --release --locked -p raftkv-node -p raftkv-cli --bins) >&2
+}
+
+start_node() {
+  local n="$1" pid
+  pid="$(running_pid "$n")"
+  [[ -z "$pid" ]] || die "node $n is already running (pid $pid)"
+  local cp pp
+  cp="$(client_port "$n")"; pp="$(peer_port "$n")"
+  port_taken "$cp" && die "port $cp (node $n client API) is already in use; stop what listens there or set RAFTKV_CLIENT_PORT_BASE"
+  port_taken "$pp" && die "port $pp (node $n peer API) is already in use; stop what listens there or set RAFTKV_PEER_PORT_BASE"
+  mkdir -p "$DIR"
+  # shellcheck disable=SC2086
+  nohup "$RAFTKVD" --id "$n" --data-dir "$DIR/node$n" \
+    --client-addr "127.0.0.1:$cp" --peer-addr "127.0.0.1:$pp" \
+    --initial-cluster "$(initial_cluster)" ${RAFTKV_NODE_FLAGS:-} \
+    >>"$(logfile "$n")" 2>&1 </dev/null &
+  echo $! >"$(pidfile "$n")"
+  echo "node $n started (pid $!, client 127.0.0.1:$cp, peer 127.0.0.1:$pp)"
+}
+
+signal_node() {
+  local n="$1" sig="$2" pid
+  pid="$(running_pid "$n")"
+  [[ -n "$pid" ]] || die "node $n is not running"
+  kill "-$sig" "$pid"
+}
+
+stop_node() {
+  local n="$1" pid i
+  pid="$(running_pid "$n")"
+  [[ -n "$pid" ]] || { echo "node $n is not running"; return 0; }
+  kill -CONT "$pid" 2>/dev/null || true   # a paused node cannot act on SIGTERM
+  kill -TERM "$pid"
+  for i in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || { echo "node $n stopped"; rm -f "$(pidfile "$n")"; return 0; }
+    sleep 0.1
+  done
+  echo "node $n did not stop within 10s; sending SIGKILL" >&2
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$(pidfile "$n")"
+}
+
+wait_for_leader() {
+  local i
+  for i in $(seq 1 200); do
+    if "$RAFTKV" --endpoints "$(endpoints)" --timeout 1s cluster status -o json 2>/dev/null | grep -q '"role":"leader"'; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "no leader after 20s; see the logs: scripts/cluster.sh logs 1"
+}
+
+status() { "$RAFTKV" --endpoints "$(endpoints)" cluster status; }
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  up)
+    build
+    for n in $(seq 1 "$NODES"); do
+      if [[ -n "$(running_pid "$n")" ]]; then die "node $n is already running; use 'status', or 'down' first"; fi
+    done
+    for n in $(seq 1 "$NODES"); do start_node "$n"; done
+    wait_for_leader
+    status
+    echo
+    echo "try: $RAFTKV put hello world && $RAFTKV get hello"
+    ;;
+  down)
+    for n in $(seq 1 "$NODES"); do stop_node "$n"; done
+    ;;
+  status)
+    status
+    ;;
+  kill)
+    check_node "${1:-}"; signal_node "$1" KILL; rm -f "$(pidfile "$1")"; echo "node $1 killed (SIGKILL)"
+    ;;
+  stop)
+    check_node "${1:-}"; stop_node "$1"
+    ;;
+  start)
+    check_node "${1:-}"; build; start_node "$1"
+    ;;
+  restart)
+    check_node "${1:-}"; stop_node "$1"; start_node "$1"
+    ;;
+  pause)
+    check_node "${1:-}"; signal_node "$1" STOP; echo "node $1 paused (SIGSTOP); resume with: $0 resume $1"
+    ;;
+  resume)
+    check_node "${1:-}"; signal_node "$1" CONT; echo "node $1 resumed"
+    ;;
+  logs)
+    check_node "${1:-}"
+    [[ -f "$(logfile "$1")" ]] || die "node $1 has no log yet"
+    if [[ "${2:-}" == "-f" ]]; then tail -n 50 -f "$(logfile "$1")"; else cat "$(logfile "$1")"; fi
+    ;;
+  clean)
+    for n in $(seq 1 "$NODES"); do stop_node "$n"; done
+    rm -rf "$DIR"
+    echo "removed $DIR"
+    ;;
+  ""|-h|--help|help)
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    ;;
+  *)
+    die "unknown command '$cmd'; see: $0 help"
+    ;;
+esac

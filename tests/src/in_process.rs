@@ -1,0 +1,152 @@
+//! `InProcessCluster`: N raftkv nodes inside the test process, talking gRPC over loopback.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::ServerState;
+use raftkv_client::{Client, ClientConfig};
+use raftkv_node::{InitialCluster, NodeConfig, RunningNode};
+use raftkv_store::command::KeyValue;
+use raftkv_store::{NodeAddr, NodeId};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+use crate::wait;
+
+pub struct InProcessCluster {
+    dir: TempDir,
+    configs: BTreeMap<NodeId, NodeConfig>,
+    nodes: BTreeMap<NodeId, RunningNode>,
+}
+
+impl InProcessCluster {
+    /// Starts `n` nodes (ids 1..=n) that form a new cluster.
+    pub async fn start(n: u64) -> anyhow::Result<Self> {
+        crate::init_tracing();
+        let dir = TempDir::new()?;
+        let mut listeners = BTreeMap::new();
+        let mut members = Vec::new();
+        for id in 1..=n {
+            let client = TcpListener::bind("127.0.0.1:0").await?;
+            let peer = TcpListener::bind("127.0.0.1:0").await?;
+            members.push((
+                id,
+                NodeAddr {
+                    client_addr: client.local_addr()?.to_string(),
+                    peer_addr: peer.local_addr()?.to_string(),
+                },
+            ));
+            listeners.insert(id, (client, peer));
+        }
+        let initial = InitialCluster::new(members.clone())?;
+        let mut cluster = Self {
+            dir,
+            configs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+        };
+        for (id, addr) in members {
+            let mut config = NodeConfig::new(
+                id,
+                cluster.dir.path().join(format!("node{id}")),
+                addr.client_addr.parse()?,
+                addr.peer_addr.parse()?,
+            );
+            config.initial_cluster = Some(initial.clone());
+            cluster.configs.insert(id, config);
+        }
+        for (id, (client, peer)) in listeners {
+            let node =
+                RunningNode::start_with_listeners(cluster.configs[&id].clone(), client, peer)
+                    .await?;
+            cluster.nodes.insert(id, node);
+        }
+        Ok(cluster)
+    }
+
+    pub fn node(&self, id: NodeId) -> &RunningNode {
+        &self.nodes[&id]
+    }
+
+    /// Ids of the running nodes.
+    pub fn running(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Client address of node `id` (running or not).
+    pub fn client_addr(&self, id: NodeId) -> String {
+        self.configs[&id].client_addr.to_string()
+    }
+
+    /// A client knowing every node of the cluster.
+    pub fn client(&self) -> Client {
+        let endpoints: Vec<String> = self
+            .configs
+            .keys()
+            .map(|id| self.client_addr(*id))
+            .collect();
+        Client::new(ClientConfig::new(endpoints)).expect("valid client config")
+    }
+
+    /// Waits until every running node agrees on one leader, which is among them, and returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<NodeId> {
+        wait::until(timeout, "an agreed leader", || async {
+            let leaders: Vec<Option<NodeId>> = self
+                .nodes
+                .values()
+                .map(|n| n.raft.metrics().borrow().current_leader)
+                .collect();
+            let leader = leaders[0]?;
+            let agreed = leaders.iter().all(|l| *l == Some(leader));
+            let is_leader = self
+                .nodes
+                .get(&leader)
+                .is_some_and(|n| n.raft.metrics().borrow().state == ServerState::Leader);
+            (agreed && is_leader).then_some(leader)
+        })
+        .await
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> anyhow::Result<()> {
+        for (id, node) in &self.nodes {
+            node.raft
+                .wait(Some(timeout))
+                .applied_index_at_least(Some(index), &format!("node {id} applies {index}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The applied index of the leader `id`.
+    pub fn applied_index(&self, id: NodeId) -> u64 {
+        self.nodes[&id].store.reader().applied_index()
+    }
+
+    /// Every key-value node `id` holds.
+    pub fn dump(&self, id: NodeId) -> anyhow::Result<Vec<KeyValue>> {
+        Ok(self.nodes[&id].store.reader().dump()?)
+    }
+
+    /// Shuts node `id` down cleanly; its data stays for [`Self::restart`].
+    pub async fn stop(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
+    /// Starts node `id` again from its data dir, on its old addresses.
+    pub async fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} is running");
+        let config = self.configs[&id].clone();
+        let node = RunningNode::start(config).await?;
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for id in self.running() {
+            self.stop(id).await;
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `ProcessCluster`: real `raftkvd` processes on loopback, for crash tests.
+//!
+//! Every process it starts is killed when the cluster is dropped (also when a test panics, in
+//! which case the nodes' logs are printed to help diagnose the failure).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use raftkv_client::pb::{Consistency, KeyValue, RangeRequest, Role};
+use raftkv_client::{Client, ClientConfig};
+use raftkv_store::NodeId;
+use tempfile::TempDir;
+
+use crate::{free_port, wait, workspace_binary};
+
+struct ProcNode {
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+pub struct ProcessCluster {
+    dir: TempDir,
+    bin: PathBuf,
+    nodes: BTreeMap<NodeId, ProcNode>,
+    extra_flags: Vec<String>,
+}
+
+impl ProcessCluster {
+    /// Starts `n` raftkvd processes (ids 1..=n) forming a new cluster.
+    pub fn start(n: u64) -> anyhow::Result<Self> {
+        Self::start_with_flags(n, &[])
+    }
+
+    /// Like [`Self::start`], passing `flags` to every node.
+    pub fn start_with_flags(n: u64, flags: &[&str]) -> anyhow::Result<Self> {
+        crate::init_tracing();
+        let mut cluster = Self {
+            dir: TempDir::new()?,
+            bin: workspace_binary("raftkvd"),
+            nodes: BTreeMap::new(),
+            extra_flags: flags.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            cluster.nodes.insert(
+                id,
+                ProcNode {
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    child: None,
+                },
+            );
+        }
+        for id in 1..=n {
+            cluster.start_node(id)?;
+        }
+        Ok(cluster)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(id, n)| format!("{id}=127.0.0.1:{}@127.0.0.1:{}", n.client_port, n.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    fn log_path(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node{id}.log"))
+    }
+
+    /// The arguments raftkvd is started with for node `id`.
+    pub fn node_args(&self, id: NodeId) -> Vec<String> {
+        let n = &self.nodes[&id];
+        let mut args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--data-dir".into(),
+            self.data_dir(id).display().to_string(),
+            "--client-addr".into(),
+            format!("127.0.0.1:{}", n.client_port),
+            "--peer-addr".into(),
+            format!("127.0.0.1:{}", n.peer_port),
+            "--initial-cluster".into(),
+            self.initial_cluster(),
+        ];
+        args.extend(self.extra_flags.iter().cloned());
+        args
+    }
+
+    /// Starts (or restarts) node `id` with its data dir.
+    pub fn start_node(&mut self, id: NodeId) -> anyhow::Result<()> {
+        anyhow::ensure!(self.nodes[&id].child.is_none(), "node {id} is running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))?;
+        let child = Command::new(&self.bin)
+            .args(self.node_args(id))
+            .env("RUST_LOG", "info,openraft=error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.nodes.get_mut(&id).expect("known node").child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs node `id` (a crash) and reaps it.
+    pub fn kill(&mut self, id: NodeId) {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to node `id`.
+    pub fn signal(&self, id: NodeId, signal: i32) {
+        if let Some(child) = &self.nodes[&id].child {
+            // SAFETY: kill(2) on a PID we spawned and have not reaped.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
+    pub fn client_addr(&self, id: NodeId) -> String {
+        format!("127.0.0.1:{}", self.nodes[&id].client_port)
+    }
+
+    /// A client that knows the given nodes.
+    pub fn client_for(&self, ids: &[NodeId], timeout: Duration) -> Client {
+        let mut config = ClientConfig::new(ids.iter().map(|id| self.client_addr(*id)));
+        config.timeout = timeout;
+        Client::new(config).expect("valid client config")
+    }
+
+    /// A client that knows every node.
+    pub fn client(&self) -> Client {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.client_for(&ids, Duration::from_secs(5))
+    }
+
+    /// Waits until a node among `among` reports itself leader and the others agree; returns it.
+    pub async fn wait_for_leader(
+        &self,
+        among: &[NodeId],
+        timeout: Duration,
+    ) -> anyhow::Result<NodeId> {
+        let client = self.client_for(among, Duration::from_millis(500));
+        wait::until(timeout, "an agreed leader", || async {
+            let mut leader = None;
+            for id in among {
+                let s = client
+                    .status_of(&self.client_addr(*id), Duration::from_millis(300))
+                    .await
+                    .ok()?;
+                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                    return None;
+                }
+                leader = Some(s.leader_id);
+                if s.id == s.leader_id && s.role != Role::Leader as i32 {
+                    return None;
+                }
+            }
+            leader.filter(|l| among.contains(l))
+        })
+        .await
+    }
+
+    /// The applied index node `id` reports.
+    pub async fn applied_index(&self, id: NodeId) -> anyhow::Result<u64> {
+        let client = self.client_for(&[id], Duration::from_secs(1));
+        Ok(client
+            .status_of(&self.client_addr(id), Duration::from_secs(1))
+            .await?
+            .applied_index)
+    }
+
+    /// Every key-value node `id` holds, read locally (stale) and paged.
+    pub async fn dump(&self, id: NodeId) -> anyhow::Result<Vec<KeyValue>> {
+        let client = self.client_for(&[id], Duration::from_secs(5));
+        let mut out = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            let page = client
+                .range(
+                    RangeRequest {
+                        start: start.clone(),
+                        consistency: Consistency::Stale as i32,
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .await?;
+            let more = page.more;
+            if let Some(last) = page.kvs.last() {
+                start = last.key.clone();
+                start.push(0);
+            }
+            out.extend(page.kvs);
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Node `id`'s log so far.
+    pub fn logs(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            // A paused node must be resumed to die promptly on some kernels; SIGKILL works anyway.
+            self.kill(*id);
+        }
+        if std::thread::panicking() {
+            for id in ids {
+                eprintln!("----- raftkvd node {id} log -----\n{}", self.logs(id));
+            }
+        }
+    }
+}

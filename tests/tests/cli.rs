@@ -1,0 +1,116 @@
+//! The `raftkv` command line against real `raftkvd` processes: output and exit codes as the
+//! README documents them (0 ok, 1 not found, 2 usage, 3 unavailable/indeterminate).
+
+use std::process::Command;
+use std::time::Duration;
+
+use raftkv_tests::process::ProcessCluster;
+use raftkv_tests::{free_port, workspace_binary};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn raftkv(endpoints: &str, args: &[&str]) -> Out {
+    let out = Command::new(workspace_binary("raftkv"))
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args)
+        .output()
+        .expect("run raftkv");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
+    let cluster = ProcessCluster::start(3)?;
+    cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
+        .await?;
+    let ep = [1, 2, 3].map(|id| cluster.client_addr(id)).join(",");
+
+    let put = raftkv(&ep, &["put", "greeting", "hello world"]);
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    assert!(put.stdout.starts_with("OK (revision "), "{}", put.stdout);
+
+    let get = raftkv(&ep, &["get", "greeting"]);
+    assert_eq!(
+        (get.code, get.stdout.as_str()),
+        (0, "hello world\n"),
+        "{}",
+        get.stderr
+    );
+
+    let json = raftkv(&ep, &["get", "greeting", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(v["value"], "hello world");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["found"], true);
+
+    let stale = raftkv(
+        &cluster.client_addr(3),
+        &["get", "greeting", "--consistency", "stale"],
+    );
+    assert_eq!(stale.code, 0, "{}", stale.stderr);
+
+    let missing = raftkv(&ep, &["get", "no-such-key"]);
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(missing.stdout.is_empty());
+
+    for k in ["user/1", "user/2", "other"] {
+        assert_eq!(raftkv(&ep, &["put", k, "x"]).code, 0);
+    }
+    let range = raftkv(&ep, &["range", "--prefix", "user/"]);
+    assert_eq!(range.stdout, "user/1\tx\nuser/2\tx\n");
+    let count = raftkv(&ep, &["range", "", "--count-only"]);
+    assert_eq!(count.stdout, "4\n");
+
+    let del = raftkv(&ep, &["del", "other"]);
+    assert_eq!((del.code, del.stdout.as_str()), (0, "1\n"));
+
+    let empty_key = raftkv(&ep, &["put", "", "v"]);
+    assert_eq!(empty_key.code, 2);
+    assert!(
+        empty_key.stderr.contains("key is empty"),
+        "{}",
+        empty_key.stderr
+    );
+
+    let usage = raftkv(&ep, &["put", "only-a-key"]);
+    assert_eq!(usage.code, 2);
+
+    let status = raftkv(&ep, &["cluster", "status", "-o", "json"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout)?;
+    let nodes = v["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1);
+    assert!(nodes
+        .iter()
+        .all(|n| n["addr"].is_string() && n["id"].is_u64()));
+
+    let table = raftkv(&ep, &["cluster", "status"]);
+    assert!(
+        table.stdout.contains("voters up 3/3 (quorum 2)"),
+        "{}",
+        table.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_cluster_exits_3() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let out = raftkv(&nowhere, &["--timeout", "500ms", "put", "k", "v"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("unavailable"), "{}", out.stderr);
+    let out = raftkv(&nowhere, &["--timeout", "500ms", "cluster", "status"]);
+    assert_eq!(out.code, 3);
+    assert!(out.stdout.contains("unreachable"), "{}", out.stdout);
+}
