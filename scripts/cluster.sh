@@ -68,8 +68,12 @@ port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 build() {
   if [[ "${RAFTKV_SKIP_BUILD:-0}" == 1 && -x "$RAFTKVD" && -x "$RAFTKV" ]]; then return; fi
-  echo "building release binaries (the first build takes a few minutes)..." >&2
-  (cd "$ROOT" && cargo build --release --locked -p raftkv-node -p raftkv-cli --bins) >&2
+  local quiet=-q
+  if [[ ! -x "$RAFTKVD" || ! -x "$RAFTKV" ]]; then
+    echo "building release binaries (the first build takes a few minutes)..." >&2
+    quiet=
+  fi
+  (cd "$ROOT" && cargo build $quiet --release --locked -p raftkv-node -p raftkv-cli --bins) >&2
 }
 
 start_node() {

@@ -85,6 +85,8 @@ pub enum Command {
 pub enum ClusterCommand {
     /// Show every node: role, term, leader, applied index, db size.
     Status,
+    /// Print the leader's id and client address (`ID ADDR`); exit code 3 if there is none.
+    Leader,
 }
 
 #[derive(Debug, Args)]

@@ -154,6 +154,19 @@ pub async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Cluster {
+            command: ClusterCommand::Leader,
+        } => {
+            let reports = client.cluster_status().await;
+            match output::leader(&reports) {
+                Some((id, addr)) if json => print(&format!("{{\"id\":{id},\"addr\":{addr:?}}}\n")),
+                Some((id, addr)) => print(&format!("{id} {addr}\n")),
+                None => {
+                    eprintln!("raftkv: no leader is known (endpoints: {})", cli.endpoints);
+                    EXIT_UNAVAILABLE
+                }
+            }
+        }
+        Command::Cluster {
             command: ClusterCommand::Status,
         } => {
             let reports = client.cluster_status().await;

@@ -152,6 +152,16 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The node that reports itself leader with the highest term: `(id, client address)`.
+pub fn leader(reports: &[NodeReport]) -> Option<(u64, String)> {
+    reports
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok().map(|s| (s, &r.addr)))
+        .filter(|(s, _)| s.role == Role::Leader as i32)
+        .max_by_key(|(s, _)| s.term)
+        .map(|(s, addr)| (s.id, addr.clone()))
+}
+
 pub fn status_table(reports: &[NodeReport]) -> String {
     let mut rows = vec![[
         "NODE".to_string(),
@@ -205,12 +215,7 @@ pub fn status_table(reports: &[NodeReport]) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    let leader = reports
-        .iter()
-        .filter_map(|r| r.status.as_ref().ok())
-        .find(|s| s.role == Role::Leader as i32)
-        .map(|s| s.id);
-    match (leader, voter_counts(reports)) {
+    match (leader(reports).map(|(id, _)| id), voter_counts(reports)) {
         (Some(l), Some((up, total, quorum))) => out.push_str(&format!(
             "leader: node {l}; voters up {up}/{total} (quorum {quorum})\n"
         )),

@@ -420,6 +420,9 @@ impl Client {
             Ok(Err(s)) if s.code() == Code::Unavailable => {
                 Err(ClientError::Unavailable(format!("{addr}: {}", s.message())))
             }
+            Ok(Err(s)) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => Err(
+                ClientError::Unavailable(format!("{addr}: no reply within {timeout:?}")),
+            ),
             Ok(Err(s)) => Err(ClientError::from_status(&s)),
             Err(_) => Err(ClientError::Unavailable(format!(
                 "{addr}: no reply within {timeout:?}"
