@@ -20,8 +20,13 @@ pub struct InProcessCluster {
 }
 
 impl InProcessCluster {
-    /// Starts `n` nodes (ids 1..=n) that form a new cluster.
+    /// Starts `n` nodes (ids 1..=n) that form a new cluster, with default settings.
     pub async fn start(n: u64) -> anyhow::Result<Self> {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Starts `n` nodes, letting `tune` adjust each node's configuration first.
+    pub async fn start_with(n: u64, tune: impl Fn(&mut NodeConfig)) -> anyhow::Result<Self> {
         crate::init_tracing();
         let dir = TempDir::new()?;
         let mut listeners = BTreeMap::new();
@@ -52,6 +57,7 @@ impl InProcessCluster {
                 addr.peer_addr.parse()?,
             );
             config.initial_cluster = Some(initial.clone());
+            tune(&mut config);
             cluster.configs.insert(id, config);
         }
         for (id, (client, peer)) in listeners {

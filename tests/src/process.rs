@@ -121,6 +121,29 @@ impl ProcessCluster {
         }
     }
 
+    /// Sends SIGTERM to node `id` and waits (up to `timeout`) for it to exit; returns its exit
+    /// code (None if it did not exit in time, in which case it is killed).
+    pub async fn terminate(&mut self, id: NodeId, timeout: Duration) -> Option<i32> {
+        let mut child = self.nodes.get_mut(&id).and_then(|n| n.child.take())?;
+        // SAFETY: kill(2) on a PID we spawned and have not reaped.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let exited = wait::until(timeout, "the node to exit", || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await;
+        match exited {
+            Ok(status) => status.code(),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+
     /// Sends `signal` (e.g. `libc::SIGSTOP`) to node `id`.
     pub fn signal(&self, id: NodeId, signal: i32) {
         if let Some(child) = &self.nodes[&id].child {

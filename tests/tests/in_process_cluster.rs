@@ -208,6 +208,70 @@ async fn restarted_node_recovers_from_its_data_dir() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// - With a low snapshot threshold, the leader snapshots and purges its log while a follower is
+///   down; the follower comes back behind the purge point, so it can only catch up by receiving
+///   the snapshot — over the peer transport, in 1 MiB chunks (the data is ~2.4 MiB) — after
+///   which it holds exactly the leader's data, and keeps following new writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> anyhow::Result<()> {
+    let mut cluster = InProcessCluster::start_with(3, |c| {
+        c.snapshot_every = 40;
+        c.snapshot_keep_logs = 5;
+    })
+    .await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let client = cluster.client();
+    client.put("early", "1").await?;
+
+    tracing::info!(
+        follower,
+        "--- stop a follower, then write past several snapshots"
+    );
+    cluster.stop(follower).await;
+    let value = vec![b'v'; 8 * 1024];
+    for i in 0..300 {
+        client.put(format!("bulk-{i:04}"), value.clone()).await?;
+    }
+    let last = client.put("last", "1").await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    // openraft purges once no replication task is reading the logs to purge; the stopped
+    // follower's retries are in backoff most of the time, so the purge comes shortly.
+    let purged = raftkv_tests::wait::until(
+        T,
+        "the leader to purge its log behind a snapshot",
+        || async {
+            let purged = cluster.node(leader).raft.metrics().borrow().purged;
+            purged.map(|p| p.index).filter(|p| *p > 10)
+        },
+    )
+    .await?;
+
+    tracing::info!(
+        follower,
+        "--- restart it: only a snapshot can bring it up to date"
+    );
+    cluster.restart(follower).await?;
+    cluster.wait_applied(last.revision, T).await?;
+    let snapshot = cluster.node(follower).raft.metrics().borrow().snapshot;
+    assert!(
+        snapshot.is_some_and(|s| s.index >= purged),
+        "follower installed a snapshot covering the purged log: {snapshot:?} vs purged {purged}"
+    );
+    assert_eq!(cluster.dump(follower)?, cluster.dump(leader)?);
+    assert_eq!(cluster.dump(follower)?.len(), 302);
+
+    let after = client.put("after-snapshot", "1").await?;
+    cluster.wait_applied(after.revision, T).await?;
+    assert_eq!(cluster.dump(follower)?, cluster.dump(leader)?);
+    cluster.shutdown().await;
+    Ok(())
+}
+
 /// - Empty keys, keys over 4 KiB, values over 1 MiB and inverted ranges are refused with
 ///   INVALID_ARGUMENT and a message saying what is wrong; nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
