@@ -176,6 +176,14 @@ fn describe_code(code: Code) -> &'static str {
     }
 }
 
+/// Largest reply the client accepts (the server keeps Range replies near 3 MiB; a Get of a
+/// maximal value is 1 MiB).
+const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+fn kv_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES)
+}
+
 struct Inner {
     config: ClientConfig,
     channels: RwLock<BTreeMap<String, Channel>>,
@@ -487,7 +495,7 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<PutResponse, ClientError> {
         self.call(CallKind::Write, timeout, req, |ch, r| async move {
-            KvClient::new(ch).put(r).await
+            kv_client(ch).put(r).await
         })
         .await
     }
@@ -512,7 +520,7 @@ impl Client {
             CallKind::for_read(consistency),
             timeout,
             req,
-            |ch, r| async move { KvClient::new(ch).get(r).await },
+            |ch, r| async move { kv_client(ch).get(r).await },
         )
         .await
     }
@@ -533,7 +541,7 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<DeleteResponse, ClientError> {
         self.call(CallKind::Write, timeout, req, |ch, r| async move {
-            KvClient::new(ch).delete(r).await
+            kv_client(ch).delete(r).await
         })
         .await
     }
@@ -550,7 +558,7 @@ impl Client {
             CallKind::for_read(consistency),
             timeout,
             req,
-            |ch, r| async move { KvClient::new(ch).range(r).await },
+            |ch, r| async move { kv_client(ch).range(r).await },
         )
         .await
     }

@@ -19,6 +19,9 @@ pub const MAX_KEY_BYTES: usize = 4 * 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Most key-values one Range reply carries; larger ranges are paged (`more`).
 pub const MAX_RANGE_LIMIT: u64 = 10_000;
+/// Most key and value bytes one Range reply carries (past the first key-value), so a reply
+/// stays under gRPC's common 4 MiB default message limit; larger ranges are paged (`more`).
+pub const MAX_RANGE_REPLY_BYTES: usize = 3 * 1024 * 1024;
 
 /// The members a brand-new cluster starts with: `ID=CLIENT_ADDR@PEER_ADDR,...`.
 ///

@@ -30,66 +30,80 @@ fn inconsistent(dir: &Path, detail: String) -> StartupError {
     }
 }
 
-/// Reads the identity of `data_dir`, creating it for a brand-new directory.
-pub fn load_or_create(data_dir: &Path, node_id: NodeId) -> Result<Identity, StartupError> {
+/// Reads the identity of `data_dir`: `None` when it has none yet. Refuses a directory owned by
+/// another node, and one whose database is gone while its identity remains.
+pub fn load(data_dir: &Path, node_id: NodeId) -> Result<Option<Identity>, StartupError> {
     let path = data_dir.join(FILE_NAME);
-    let db_exists = data_dir.join(DB_DIR).exists();
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let identity: Identity = serde_json::from_slice(&bytes).map_err(|e| {
-                inconsistent(
-                    data_dir,
-                    format!(
-                        "{} is unreadable ({e}); restore it from a backup of this node",
-                        path.display()
-                    ),
-                )
-            })?;
-            if identity.node_id != node_id {
-                return Err(StartupError::WrongNode {
-                    dir: data_dir.display().to_string(),
-                    owner: identity.node_id,
-                    requested: node_id,
-                });
-            }
-            if !db_exists {
-                return Err(inconsistent(
-                    data_dir,
-                    format!(
-                        "{} exists but the database ({DB_DIR}/) is gone, so this node has lost its log and vote. \
-                         Do not restart it under id {node_id}: remove it from the cluster and add a node with a new id and an empty data dir",
-                        path.display()
-                    ),
-                ));
-            }
-            Ok(identity)
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StartupError::Io(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if db_exists {
-                return Err(inconsistent(
-                    data_dir,
-                    format!(
-                        "it holds a database ({DB_DIR}/) but no {FILE_NAME}; it was not created by raftkvd or was partly deleted. \
-                         Point --data-dir at this node's own directory, or at an empty one for a new node"
-                    ),
-                ));
-            }
-            fs::create_dir_all(data_dir).map_err(|e| {
-                StartupError::Io(format!("cannot create {}: {e}", data_dir.display()))
-            })?;
-            let identity = Identity {
-                node_id,
-                incarnation: rand::random::<u64>() | 1,
-            };
-            write_atomically(data_dir, &path, &identity)
-                .map_err(|e| StartupError::Io(format!("cannot write {}: {e}", path.display())))?;
-            Ok(identity)
-        }
-        Err(e) => Err(StartupError::Io(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
+    };
+    let identity: Identity = serde_json::from_slice(&bytes).map_err(|e| {
+        inconsistent(
+            data_dir,
+            format!(
+                "{} is unreadable ({e}); restore it from a backup of this node",
+                path.display()
+            ),
+        )
+    })?;
+    if identity.node_id != node_id {
+        return Err(StartupError::WrongNode {
+            dir: data_dir.display().to_string(),
+            owner: identity.node_id,
+            requested: node_id,
+        });
     }
+    if !data_dir.join(DB_DIR).exists() {
+        return Err(inconsistent(
+            data_dir,
+            format!(
+                "{} exists but the database ({DB_DIR}/) is gone, so this node has lost its log and vote. \
+                 Do not restart it under id {node_id}: remove it from the cluster and add a node with a new id and an empty data dir",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(identity))
+}
+
+/// Gives a data directory whose store was just opened its identity, if it has none.
+///
+/// The identity is written after the store is opened, so a crash between the two leaves a
+/// pristine database without `node.json`, which is accepted; a database *with data* but no
+/// identity is refused.
+pub fn ensure(
+    data_dir: &Path,
+    node_id: NodeId,
+    found: Option<Identity>,
+    store_is_pristine: bool,
+) -> Result<Identity, StartupError> {
+    if let Some(identity) = found {
+        return Ok(identity);
+    }
+    if !store_is_pristine {
+        return Err(inconsistent(
+            data_dir,
+            format!(
+                "it holds a database ({DB_DIR}/) with data but no {FILE_NAME}; it was not created by raftkvd or was partly deleted. \
+                 Point --data-dir at this node's own directory, or at an empty one for a new node"
+            ),
+        ));
+    }
+    let identity = Identity {
+        node_id,
+        incarnation: rand::random::<u64>() | 1,
+    };
+    let path = data_dir.join(FILE_NAME);
+    write_atomically(data_dir, &path, &identity)
+        .map_err(|e| StartupError::Io(format!("cannot write {}: {e}", path.display())))?;
+    Ok(identity)
 }
 
 fn write_atomically(dir: &Path, path: &Path, identity: &Identity) -> std::io::Result<()> {
@@ -106,12 +120,17 @@ fn write_atomically(dir: &Path, path: &Path, identity: &Identity) -> std::io::Re
 mod tests {
     use super::*;
 
+    fn make_db(dir: &Path) {
+        fs::create_dir(dir.join(DB_DIR)).unwrap();
+    }
+
     #[test]
     fn created_once_then_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_create(dir.path(), 3).unwrap();
-        fs::create_dir(dir.path().join(DB_DIR)).unwrap();
-        let b = load_or_create(dir.path(), 3).unwrap();
+        assert_eq!(load(dir.path(), 3).unwrap(), None);
+        make_db(dir.path());
+        let a = ensure(dir.path(), 3, None, true).unwrap();
+        let b = load(dir.path(), 3).unwrap().unwrap();
         assert_eq!(a, b);
         assert_ne!(a.incarnation, 0);
     }
@@ -119,9 +138,9 @@ mod tests {
     #[test]
     fn another_nodes_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        load_or_create(dir.path(), 1).unwrap();
-        fs::create_dir(dir.path().join(DB_DIR)).unwrap();
-        let err = load_or_create(dir.path(), 2).unwrap_err();
+        make_db(dir.path());
+        ensure(dir.path(), 1, None, true).unwrap();
+        let err = load(dir.path(), 2).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -138,19 +157,29 @@ mod tests {
     #[test]
     fn a_lost_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        load_or_create(dir.path(), 1).unwrap();
-        let err = load_or_create(dir.path(), 1).unwrap_err();
+        ensure(dir.path(), 1, None, true).unwrap();
+        let err = load(dir.path(), 1).unwrap_err();
         assert!(err.to_string().contains("lost its log and vote"), "{err}");
     }
 
     #[test]
-    fn a_database_without_identity_is_refused() {
+    fn a_database_with_data_but_no_identity_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join(DB_DIR)).unwrap();
-        let err = load_or_create(dir.path(), 1).unwrap_err();
+        make_db(dir.path());
+        let err = ensure(dir.path(), 1, None, false).unwrap_err();
         assert!(
             matches!(err, StartupError::InconsistentDataDir { .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_pristine_database_without_identity_gets_one() {
+        // What a crash between opening the store and writing node.json leaves behind.
+        let dir = tempfile::tempdir().unwrap();
+        make_db(dir.path());
+        assert_eq!(load(dir.path(), 1).unwrap(), None);
+        let id = ensure(dir.path(), 1, None, true).unwrap();
+        assert_eq!(load(dir.path(), 1).unwrap(), Some(id));
     }
 }

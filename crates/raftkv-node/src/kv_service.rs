@@ -10,7 +10,7 @@ use raftkv_store::command::{Command, KeyValue, Response as SmResponse};
 use raftkv_store::{prefix_end, RangeQuery};
 use tonic::{Request, Response, Status};
 
-use crate::config::{MAX_KEY_BYTES, MAX_RANGE_LIMIT, MAX_VALUE_BYTES};
+use crate::config::{MAX_KEY_BYTES, MAX_RANGE_LIMIT, MAX_RANGE_REPLY_BYTES, MAX_VALUE_BYTES};
 use crate::core::NodeCore;
 use crate::error::ApiError;
 
@@ -114,6 +114,7 @@ pub fn range_query(r: &RangeRequest) -> Result<RangeQuery, ApiError> {
         keys_only: r.keys_only,
         count_only: r.count_only,
         reverse: r.reverse,
+        byte_budget: Some(MAX_RANGE_REPLY_BYTES),
     })
 }
 

@@ -84,7 +84,7 @@ impl RunningNode {
             .local_addr()
             .map_err(|e| StartupError::Io(e.to_string()))?;
 
-        let identity = identity::load_or_create(&config.data_dir, config.id)?;
+        let found_identity = identity::load(&config.data_dir, config.id)?;
         let store_config = StoreConfig {
             cache_capacity_bytes: config.cache_mb * 1024 * 1024,
         };
@@ -95,6 +95,12 @@ impl RunningNode {
                 .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))??;
         let summary = store.handle.summary()?;
         startup::check_store(&config.data_dir.display().to_string(), &summary)?;
+        let identity = identity::ensure(
+            &config.data_dir,
+            config.id,
+            found_identity,
+            summary.is_pristine(),
+        )?;
 
         let me = Sender {
             id: config.id,

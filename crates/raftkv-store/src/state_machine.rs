@@ -118,6 +118,9 @@ pub struct RangeQuery {
     pub keys_only: bool,
     pub count_only: bool,
     pub reverse: bool,
+    /// Stop before the returned keys and values exceed this many bytes (`more` is then set);
+    /// the first key-value is always returned. `None`: no byte limit.
+    pub byte_budget: Option<usize>,
 }
 
 /// The answer to a [`RangeQuery`].
@@ -196,6 +199,7 @@ impl StateReader {
             Box::new(iter)
         };
         let mut out = RangeResult::default();
+        let mut bytes = 0usize;
         for item in iter {
             let (k, v) = item?;
             if q.count_only {
@@ -211,6 +215,14 @@ impl StateReader {
             if q.keys_only {
                 kv.value = Vec::new();
             }
+            let size = kv.key.len() + kv.value.len();
+            if q.byte_budget
+                .is_some_and(|budget| !out.kvs.is_empty() && bytes + size > budget)
+            {
+                out.more = true;
+                break;
+            }
+            bytes += size;
             out.kvs.push(kv);
         }
         if !q.count_only {
