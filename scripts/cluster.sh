@@ -16,7 +16,8 @@
 # Ports: node N serves clients on 7000+N and peers on 7100+N. Override with RAFTKV_CLIENT_PORT_BASE
 # and RAFTKV_PEER_PORT_BASE (the port of node N is BASE+N). RAFTKV_NODES sets the node count (3).
 # Data, logs and PID files live in .cluster/ at the top of the checkout (git-ignored), or in
-# RAFTKV_CLUSTER_DIR. Extra raftkvd flags can be passed in RAFTKV_NODE_FLAGS.
+# RAFTKV_CLUSTER_DIR. Extra raftkvd flags can be passed in RAFTKV_NODE_FLAGS. RAFTKV_BIN_DIR runs
+# binaries from that directory instead of building target/release.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +26,8 @@ NODES="${RAFTKV_NODES:-3}"
 CLIENT_BASE="${RAFTKV_CLIENT_PORT_BASE:-7000}"
 PEER_BASE="${RAFTKV_PEER_PORT_BASE:-7100}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET_DIR/release"
+# RAFTKV_BIN_DIR points at already-built binaries (the tests use the debug ones) and skips the build.
+BIN="${RAFTKV_BIN_DIR:-$TARGET_DIR/release}"
 RAFTKVD="$BIN/raftkvd"
 RAFTKV="$BIN/raftkv"
 
@@ -67,7 +69,10 @@ check_node() {
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 build() {
-  if [[ "${RAFTKV_SKIP_BUILD:-0}" == 1 && -x "$RAFTKVD" && -x "$RAFTKV" ]]; then return; fi
+  if [[ -n "${RAFTKV_BIN_DIR:-}" ]]; then
+    [[ -x "$RAFTKVD" && -x "$RAFTKV" ]] || die "RAFTKV_BIN_DIR=$RAFTKV_BIN_DIR holds no raftkvd/raftkv"
+    return
+  fi
   local quiet=-q
   if [[ ! -x "$RAFTKVD" || ! -x "$RAFTKV" ]]; then
     echo "building release binaries (the first build takes a few minutes)..." >&2

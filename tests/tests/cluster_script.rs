@@ -1,0 +1,174 @@
+//! `scripts/cluster.sh`, the README's first command, driven end to end with the debug binaries
+//! (RAFTKV_BIN_DIR) on ports of its own and a temp cluster dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use raftkv_tests::workspace_binary;
+
+struct Script {
+    dir: tempfile::TempDir,
+    client_base: u16,
+    peer_base: u16,
+    bin_dir: PathBuf,
+}
+
+impl Script {
+    fn new() -> Self {
+        let bin_dir = workspace_binary("raftkvd")
+            .parent()
+            .expect("bin dir")
+            .to_path_buf();
+        let (client_base, peer_base) = free_port_bases();
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            client_base,
+            peer_base,
+            bin_dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        Command::new(root.join("scripts/cluster.sh"))
+            .args(args)
+            .env("RAFTKV_BIN_DIR", &self.bin_dir)
+            .env("RAFTKV_CLUSTER_DIR", self.dir.path())
+            .env("RAFTKV_CLIENT_PORT_BASE", self.client_base.to_string())
+            .env("RAFTKV_PEER_PORT_BASE", self.peer_base.to_string())
+            .output()
+            .expect("run cluster.sh")
+    }
+
+    fn endpoints(&self) -> String {
+        (1..=3)
+            .map(|i| format!("127.0.0.1:{}", self.client_base + i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn raftkv(&self, args: &[&str]) -> Output {
+        Command::new(workspace_binary("raftkv"))
+            .arg("--endpoints")
+            .arg(self.endpoints())
+            .args(args)
+            .output()
+            .expect("run raftkv")
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+/// Two blocks of three free ports (client and peer), outside the ephemeral range.
+fn free_port_bases() -> (u16, u16) {
+    let free_block =
+        |base: u16| (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+    let seed = std::process::id() as u16;
+    let mut bases = (0..400u16)
+        .map(|k| 20_000 + (seed.wrapping_mul(37).wrapping_add(k * 23)) % 10_000)
+        .filter(|b| free_block(*b));
+    let client = bases.next().expect("a free client port block");
+    let peer = bases
+        .find(|b| b.abs_diff(client) > 3)
+        .expect("a free peer port block");
+    (client, peer)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn cluster_script_up_kill_start_pause_down_clean() {
+    let s = Script::new();
+
+    // A taken port is refused with a message naming it.
+    {
+        let _squatter =
+            std::net::TcpListener::bind(("127.0.0.1", s.client_base + 2)).expect("bind");
+        let up = s.run(&["up"]);
+        assert!(!up.status.success(), "{}", text(&up));
+        assert!(text(&up).contains("is already in use"), "{}", text(&up));
+        s.run(&["down"]);
+    }
+
+    let up = s.run(&["up"]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(
+        text(&up).contains("voters up 3/3 (quorum 2)"),
+        "{}",
+        text(&up)
+    );
+    let again = s.run(&["up"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already running"), "{}", text(&again));
+
+    assert!(s.raftkv(&["put", "k", "v"]).status.success());
+    let leader = String::from_utf8(s.raftkv(&["cluster", "leader"]).stdout).unwrap();
+    let leader = leader
+        .split_whitespace()
+        .next()
+        .expect("leader id")
+        .to_string();
+
+    let kill = s.run(&["kill", &leader]);
+    assert!(kill.status.success(), "{}", text(&kill));
+    let put = s.raftkv(&["put", "after-kill", "v"]);
+    assert!(
+        put.status.success(),
+        "write after the leader's death: {}",
+        text(&put)
+    );
+
+    assert!(s.run(&["start", &leader]).status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = s.raftkv(&["cluster", "status"]);
+        if text(&status).contains("voters up 3/3") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {leader} did not rejoin: {}",
+            text(&status)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Pause a follower (leadership may have moved while the old leader was away).
+    let current = String::from_utf8(s.raftkv(&["cluster", "leader"]).stdout).unwrap();
+    let current = current
+        .split_whitespace()
+        .next()
+        .expect("leader id")
+        .to_string();
+    let follower = if current == "1" { "2" } else { "1" };
+    assert!(s.run(&["pause", follower]).status.success());
+    assert!(s.raftkv(&["put", "while-paused", "v"]).status.success());
+    assert!(s.run(&["resume", follower]).status.success());
+
+    let logs = s.run(&["logs", "1"]);
+    assert!(text(&logs).contains("node started"), "{}", text(&logs));
+    assert!(
+        !s.run(&["kill", "9"]).status.success(),
+        "unknown node refused"
+    );
+
+    let down = s.run(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(text(&down).contains("node 3 stopped"), "{}", text(&down));
+    let status = s.raftkv(&["--timeout", "300ms", "cluster", "status"]);
+    assert_eq!(status.status.code(), Some(3), "nothing answers after down");
+
+    assert!(s.run(&["clean"]).status.success());
+    assert!(!s.dir.path().join("node1").exists());
+}
