@@ -48,6 +48,15 @@ impl Script {
             .join(",")
     }
 
+    /// The current leader's id, as `raftkv cluster leader` prints it.
+    fn leader(&self) -> String {
+        let out = String::from_utf8(self.raftkv(&["cluster", "leader"]).stdout).unwrap();
+        out.split_whitespace()
+            .next()
+            .expect("a leader id")
+            .to_string()
+    }
+
     fn raftkv(&self, args: &[&str]) -> Output {
         Command::new(workspace_binary("raftkv"))
             .arg("--endpoints")
