@@ -122,12 +122,7 @@ fn cluster_script_up_kill_start_pause_down_clean() {
     assert!(text(&again).contains("already running"), "{}", text(&again));
 
     assert!(s.raftkv(&["put", "k", "v"]).status.success());
-    let leader = String::from_utf8(s.raftkv(&["cluster", "leader"]).stdout).unwrap();
-    let leader = leader
-        .split_whitespace()
-        .next()
-        .expect("leader id")
-        .to_string();
+    let leader = s.leader();
 
     let kill = s.run(&["kill", &leader]);
     assert!(kill.status.success(), "{}", text(&kill));
@@ -154,12 +149,7 @@ fn cluster_script_up_kill_start_pause_down_clean() {
     }
 
     // Pause a follower (leadership may have moved while the old leader was away).
-    let current = String::from_utf8(s.raftkv(&["cluster", "leader"]).stdout).unwrap();
-    let current = current
-        .split_whitespace()
-        .next()
-        .expect("leader id")
-        .to_string();
+    let current = s.leader();
     let follower = if current == "1" { "2" } else { "1" };
     assert!(s.run(&["pause", follower]).status.success());
     assert!(s.raftkv(&["put", "while-paused", "v"]).status.success());
