@@ -61,9 +61,7 @@ impl InProcessCluster {
             cluster.configs.insert(id, config);
         }
         for (id, (client, peer)) in listeners {
-            let node =
-                RunningNode::start_with_listeners(cluster.configs[&id].clone(), client, peer)
-                    .await?;
+            let node = RunningNode::start_with_listeners(cluster.configs[&id].clone(), client, peer).await?;
             cluster.nodes.insert(id, node);
         }
         Ok(cluster)
@@ -85,11 +83,7 @@ impl InProcessCluster {
 
     /// A client knowing every node of the cluster.
     pub fn client(&self) -> Client {
-        let endpoints: Vec<String> = self
-            .configs
-            .keys()
-            .map(|id| self.client_addr(*id))
-            .collect();
+        let endpoints: Vec<String> = self.configs.keys().map(|id| self.client_addr(*id)).collect();
         Client::new(ClientConfig::new(endpoints)).expect("valid client config")
     }
 

@@ -98,10 +98,7 @@ impl ProcessCluster {
     /// Starts (or restarts) node `id` with its data dir.
     pub fn start_node(&mut self, id: NodeId) -> anyhow::Result<()> {
         anyhow::ensure!(self.nodes[&id].child.is_none(), "node {id} is running");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))?;
+        let log = File::options().create(true).append(true).open(self.log_path(id))?;
         let child = Command::new(&self.bin)
             .args(self.node_args(id))
             .env("RUST_LOG", "info,openraft=error")
@@ -172,11 +169,7 @@ impl ProcessCluster {
     }
 
     /// Waits until a node among `among` reports itself leader and the others agree; returns it.
-    pub async fn wait_for_leader(
-        &self,
-        among: &[NodeId],
-        timeout: Duration,
-    ) -> anyhow::Result<NodeId> {
+    pub async fn wait_for_leader(&self, among: &[NodeId], timeout: Duration) -> anyhow::Result<NodeId> {
         let client = self.client_for(among, Duration::from_millis(500));
         wait::until(timeout, "an agreed leader", || async {
             let mut leader = None;

@@ -30,9 +30,7 @@ fn raftkv(endpoints: &str, args: &[&str]) -> Out {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
     let cluster = ProcessCluster::start(3)?;
-    cluster
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(20))
-        .await?;
+    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await?;
     let ep = [1, 2, 3].map(|id| cluster.client_addr(id)).join(",");
 
     let put = raftkv(&ep, &["put", "greeting", "hello world"]);
@@ -40,12 +38,7 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
     assert!(put.stdout.starts_with("OK (revision "), "{}", put.stdout);
 
     let get = raftkv(&ep, &["get", "greeting"]);
-    assert_eq!(
-        (get.code, get.stdout.as_str()),
-        (0, "hello world\n"),
-        "{}",
-        get.stderr
-    );
+    assert_eq!((get.code, get.stdout.as_str()), (0, "hello world\n"), "{}", get.stderr);
 
     let json = raftkv(&ep, &["get", "greeting", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout)?;
@@ -53,10 +46,7 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
     assert_eq!(v["version"], 1);
     assert_eq!(v["found"], true);
 
-    let stale = raftkv(
-        &cluster.client_addr(3),
-        &["get", "greeting", "--consistency", "stale"],
-    );
+    let stale = raftkv(&cluster.client_addr(3), &["get", "greeting", "--consistency", "stale"]);
     assert_eq!(stale.code, 0, "{}", stale.stderr);
 
     let missing = raftkv(&ep, &["get", "no-such-key"]);
@@ -76,14 +66,73 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
 
     let empty_key = raftkv(&ep, &["put", "", "v"]);
     assert_eq!(empty_key.code, 2);
-    assert!(
-        empty_key.stderr.contains("key is empty"),
-        "{}",
-        empty_key.stderr
-    );
+    assert!(empty_key.stderr.contains("key is empty"), "{}", empty_key.stderr);
 
     let usage = raftkv(&ep, &["put", "only-a-key"]);
     assert_eq!(usage.code, 2);
+
+    // Conditional writes: exit 0 when the compare held, 1 when it did not.
+    let created = raftkv(&ep, &["put", "--if-absent", "lock", "me"]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let again = raftkv(&ep, &["put", "--if-absent", "lock", "you"]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    let swapped = raftkv(&ep, &["cas", "lock", "me", "you"]);
+    assert_eq!(swapped.code, 0, "{}", swapped.stderr);
+    let stale_cas = raftkv(&ep, &["cas", "lock", "me", "them"]);
+    assert_eq!(stale_cas.code, 1);
+    assert!(
+        stale_cas.stderr.contains("the current value is \"you\""),
+        "{}",
+        stale_cas.stderr
+    );
+
+    let txn = raftkv(
+        &ep,
+        &[
+            "txn",
+            "--if",
+            "value(lock) = you",
+            "--if",
+            "version(lock) > 1",
+            "--then",
+            "put owner \"the you\"",
+            "--then",
+            "get owner",
+            "--else",
+            "get lock",
+        ],
+    );
+    assert_eq!(txn.code, 0, "{}", txn.stderr);
+    assert!(txn.stdout.starts_with("succeeded (revision "), "{}", txn.stdout);
+    assert!(txn.stdout.contains("get owner: the you"), "{}", txn.stdout);
+    let failed = raftkv(
+        &ep,
+        &[
+            "txn",
+            "--if",
+            "missing(lock)",
+            "--then",
+            "del lock",
+            "--else",
+            "get lock",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(failed.code, 1);
+    let v: serde_json::Value = serde_json::from_str(&failed.stdout)?;
+    assert_eq!(v["succeeded"], false);
+    assert_eq!(v["responses"][0]["get"]["kv"]["value"], "you");
+    let bad = raftkv(&ep, &["txn", "--if", "size(lock) > 1"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("unknown target"), "{}", bad.stderr);
+
+    for k in ["tmp/1", "tmp/2", "tmp/3"] {
+        assert_eq!(raftkv(&ep, &["put", k, "x"]).code, 0);
+    }
+    let del_prefix = raftkv(&ep, &["del", "tmp/", "--prefix"]);
+    assert_eq!(del_prefix.stdout, "3\n", "{}", del_prefix.stderr);
 
     let status = raftkv(&ep, &["cluster", "status", "-o", "json"]);
     assert_eq!(status.code, 0, "{}", status.stderr);
@@ -91,16 +140,10 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
     let nodes = v["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 3);
     assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1);
-    assert!(nodes
-        .iter()
-        .all(|n| n["addr"].is_string() && n["id"].is_u64()));
+    assert!(nodes.iter().all(|n| n["addr"].is_string() && n["id"].is_u64()));
 
     let table = raftkv(&ep, &["cluster", "status"]);
-    assert!(
-        table.stdout.contains("voters up 3/3 (quorum 2)"),
-        "{}",
-        table.stdout
-    );
+    assert!(table.stdout.contains("voters up 3/3 (quorum 2)"), "{}", table.stdout);
     Ok(())
 }
 

@@ -16,10 +16,7 @@ struct Script {
 
 impl Script {
     fn new() -> Self {
-        let bin_dir = workspace_binary("raftkvd")
-            .parent()
-            .expect("bin dir")
-            .to_path_buf();
+        let bin_dir = workspace_binary("raftkvd").parent().expect("bin dir").to_path_buf();
         let (client_base, peer_base) = free_port_bases();
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
@@ -51,10 +48,7 @@ impl Script {
     /// The current leader's id, as `raftkv cluster leader` prints it.
     fn leader(&self) -> String {
         let out = String::from_utf8(self.raftkv(&["cluster", "leader"]).stdout).unwrap();
-        out.split_whitespace()
-            .next()
-            .expect("a leader id")
-            .to_string()
+        out.split_whitespace().next().expect("a leader id").to_string()
     }
 
     fn raftkv(&self, args: &[&str]) -> Output {
@@ -75,16 +69,13 @@ impl Drop for Script {
 
 /// Two blocks of three free ports (client and peer), outside the ephemeral range.
 fn free_port_bases() -> (u16, u16) {
-    let free_block =
-        |base: u16| (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+    let free_block = |base: u16| (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
     let seed = std::process::id() as u16;
     let mut bases = (0..400u16)
         .map(|k| 20_000 + (seed.wrapping_mul(37).wrapping_add(k * 23)) % 10_000)
         .filter(|b| free_block(*b));
     let client = bases.next().expect("a free client port block");
-    let peer = bases
-        .find(|b| b.abs_diff(client) > 3)
-        .expect("a free peer port block");
+    let peer = bases.find(|b| b.abs_diff(client) > 3).expect("a free peer port block");
     (client, peer)
 }
 
@@ -102,8 +93,7 @@ fn cluster_script_up_kill_start_pause_down_clean() {
 
     // A taken port is refused with a message naming it.
     {
-        let _squatter =
-            std::net::TcpListener::bind(("127.0.0.1", s.client_base + 2)).expect("bind");
+        let _squatter = std::net::TcpListener::bind(("127.0.0.1", s.client_base + 2)).expect("bind");
         let up = s.run(&["up"]);
         assert!(!up.status.success(), "{}", text(&up));
         assert!(text(&up).contains("is already in use"), "{}", text(&up));
@@ -112,11 +102,7 @@ fn cluster_script_up_kill_start_pause_down_clean() {
 
     let up = s.run(&["up"]);
     assert!(up.status.success(), "{}", text(&up));
-    assert!(
-        text(&up).contains("voters up 3/3 (quorum 2)"),
-        "{}",
-        text(&up)
-    );
+    assert!(text(&up).contains("voters up 3/3 (quorum 2)"), "{}", text(&up));
     let again = s.run(&["up"]);
     assert!(!again.status.success());
     assert!(text(&again).contains("already running"), "{}", text(&again));
@@ -127,11 +113,7 @@ fn cluster_script_up_kill_start_pause_down_clean() {
     let kill = s.run(&["kill", &leader]);
     assert!(kill.status.success(), "{}", text(&kill));
     let put = s.raftkv(&["put", "after-kill", "v"]);
-    assert!(
-        put.status.success(),
-        "write after the leader's death: {}",
-        text(&put)
-    );
+    assert!(put.status.success(), "write after the leader's death: {}", text(&put));
 
     assert!(s.run(&["start", &leader]).status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -157,10 +139,7 @@ fn cluster_script_up_kill_start_pause_down_clean() {
 
     let logs = s.run(&["logs", "1"]);
     assert!(text(&logs).contains("node started"), "{}", text(&logs));
-    assert!(
-        !s.run(&["kill", "9"]).status.success(),
-        "unknown node refused"
-    );
+    assert!(!s.run(&["kill", "9"]).status.success(), "unknown node refused");
 
     let down = s.run(&["down"]);
     assert!(down.status.success(), "{}", text(&down));

@@ -12,9 +12,7 @@ use tonic::Code;
 const T: Duration = Duration::from_secs(10);
 
 async fn raw_kv(addr: &str) -> KvClient<tonic::transport::Channel> {
-    KvClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
+    KvClient::connect(format!("http://{addr}")).await.expect("connect")
 }
 
 /// - A new cluster elects one leader that every node agrees on.
@@ -29,9 +27,7 @@ async fn election_and_replication() -> anyhow::Result<()> {
     let client = cluster.client();
     let mut last_revision = 0;
     for i in 0..50 {
-        let r = client
-            .put(format!("key-{i:03}"), format!("value-{i}"))
-            .await?;
+        let r = client.put(format!("key-{i:03}"), format!("value-{i}")).await?;
         assert!(r.revision > last_revision, "revisions increase");
         last_revision = r.revision;
     }
@@ -47,10 +43,7 @@ async fn election_and_replication() -> anyhow::Result<()> {
             "node {id} holds the same data as the leader"
         );
     }
-    let changed = reference
-        .iter()
-        .find(|kv| kv.key == b"key-000")
-        .expect("key-000");
+    let changed = reference.iter().find(|kv| kv.key == b"key-000").expect("key-000");
     assert_eq!(changed.value, b"changed");
     assert_eq!(changed.version, 2);
     assert_eq!(changed.mod_revision, r.revision);
@@ -61,8 +54,8 @@ async fn election_and_replication() -> anyhow::Result<()> {
 }
 
 /// - A write sent to a follower is refused with UNAVAILABLE naming the leader in metadata.
-/// - So is a linearizable read; a stale read is served by the follower itself.
 /// - The client library follows the hint transparently.
+/// - A stale read is served by the follower itself, with a header saying how fresh it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_answers_with_the_leader_hint() -> anyhow::Result<()> {
     let cluster = InProcessCluster::start(3).await?;
@@ -96,22 +89,8 @@ async fn follower_answers_with_the_leader_hint() -> anyhow::Result<()> {
         cluster.client_addr(leader).as_str()
     );
 
-    let err = kv
-        .get(GetRequest {
-            key: b"k".to_vec(),
-            consistency: Consistency::Linearizable as i32,
-        })
-        .await
-        .expect_err("a follower cannot serve a linearizable read yet");
-    assert_eq!(
-        err.metadata().get(metadata::ERROR_KIND).unwrap(),
-        error_kind::NOT_LEADER
-    );
-
     tracing::info!("--- the client follows the hint");
-    let client = raftkv_client::Client::new(raftkv_client::ClientConfig::new([
-        cluster.client_addr(follower)
-    ]))?;
+    let client = raftkv_client::Client::new(raftkv_client::ClientConfig::new([cluster.client_addr(follower)]))?;
     let put = client.put("k", "v").await?;
     assert_eq!(client.known_leader(), Some(cluster.client_addr(leader)));
     cluster.wait_applied(put.revision, T).await?;
@@ -228,10 +207,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> anyhow::Re
     let client = cluster.client();
     client.put("early", "1").await?;
 
-    tracing::info!(
-        follower,
-        "--- stop a follower, then write past several snapshots"
-    );
+    tracing::info!(follower, "--- stop a follower, then write past several snapshots");
     cluster.stop(follower).await;
     let value = vec![b'v'; 8 * 1024];
     for i in 0..300 {
@@ -241,20 +217,13 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> anyhow::Re
     let leader = cluster.wait_for_leader(T).await?;
     // openraft purges once no replication task is reading the logs to purge; the stopped
     // follower's retries are in backoff most of the time, so the purge comes shortly.
-    let purged = raftkv_tests::wait::until(
-        T,
-        "the leader to purge its log behind a snapshot",
-        || async {
-            let purged = cluster.node(leader).raft.metrics().borrow().purged;
-            purged.map(|p| p.index).filter(|p| *p > 10)
-        },
-    )
+    let purged = raftkv_tests::wait::until(T, "the leader to purge its log behind a snapshot", || async {
+        let purged = cluster.node(leader).raft.metrics().borrow().purged;
+        purged.map(|p| p.index).filter(|p| *p > 10)
+    })
     .await?;
 
-    tracing::info!(
-        follower,
-        "--- restart it: only a snapshot can bring it up to date"
-    );
+    tracing::info!(follower, "--- restart it: only a snapshot can bring it up to date");
     cluster.restart(follower).await?;
     cluster.wait_applied(last.revision, T).await?;
     let snapshot = cluster.node(follower).raft.metrics().borrow().snapshot;
@@ -294,23 +263,19 @@ async fn bad_input_is_refused_and_nothing_is_stored() -> anyhow::Result<()> {
         ),
         (
             "key over 4 KiB",
-            kv.put(put(vec![b'k'; 4097], b"v".to_vec()))
-                .await
-                .map(|_| ()),
+            kv.put(put(vec![b'k'; 4097], b"v".to_vec())).await.map(|_| ()),
             "the limit is 4096 bytes",
         ),
         (
             "value over 1 MiB",
-            kv.put(put(b"k".to_vec(), vec![0; 1024 * 1024 + 1]))
-                .await
-                .map(|_| ()),
+            kv.put(put(b"k".to_vec(), vec![0; 1024 * 1024 + 1])).await.map(|_| ()),
             "the limit is 1048576 bytes",
         ),
         (
             "empty key delete",
             kv.delete(DeleteRequest {
                 key: vec![],
-                prev_kv: false,
+                ..Default::default()
             })
             .await
             .map(|_| ()),
@@ -352,23 +317,12 @@ async fn bad_input_is_refused_and_nothing_is_stored() -> anyhow::Result<()> {
     for (what, result, expected) in cases {
         let status = result.expect_err(what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-        assert!(
-            status.message().contains(expected),
-            "{what}: {:?}",
-            status.message()
-        );
+        assert!(status.message().contains(expected), "{what}: {:?}", status.message());
     }
 
     // A value of exactly the limit is fine (and proves the refusals were about size).
-    let ok = kv
-        .put(put(b"big".to_vec(), vec![7; 1024 * 1024]))
-        .await?
-        .into_inner();
-    assert_eq!(
-        ok.revision,
-        applied_before + 1,
-        "no refused request reached the log"
-    );
+    let ok = kv.put(put(b"big".to_vec(), vec![7; 1024 * 1024])).await?.into_inner();
+    assert_eq!(ok.revision, applied_before + 1, "no refused request reached the log");
     assert_eq!(cluster.dump(leader)?.len(), 1);
 
     cluster.shutdown().await;

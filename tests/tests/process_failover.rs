@@ -34,12 +34,8 @@ async fn acknowledged_writes_survive_a_leader_crash() -> anyhow::Result<()> {
     let indeterminate = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (client, acked, ack_count, indeterminate) = (
-            client.clone(),
-            acked.clone(),
-            ack_count.clone(),
-            indeterminate.clone(),
-        );
+        let (client, acked, ack_count, indeterminate) =
+            (client.clone(), acked.clone(), ack_count.clone(), indeterminate.clone());
         writers.push(tokio::spawn(async move {
             for i in 0..KEYS_PER_WRITER {
                 let (key, value) = (format!("w{w}-{i:03}"), format!("value-{w}-{i}"));
@@ -88,9 +84,7 @@ async fn acknowledged_writes_survive_a_leader_crash() -> anyhow::Result<()> {
     assert_eq!(acked.len(), WRITERS * KEYS_PER_WRITER);
     let readers = cluster.client_for(&survivors, Duration::from_secs(5));
     for (key, value) in &acked {
-        let got = readers
-            .get_with(key.clone(), Consistency::Linearizable, None)
-            .await?;
+        let got = readers.get_with(key.clone(), Consistency::Linearizable, None).await?;
         assert_eq!(
             got.kv.map(|kv| kv.value),
             Some(value.clone().into_bytes()),
@@ -110,11 +104,9 @@ async fn acknowledged_writes_survive_a_leader_crash() -> anyhow::Result<()> {
     assert_eq!(reference.len(), WRITERS * KEYS_PER_WRITER);
     for id in [1, 2, 3] {
         // Followers may trail the leader by a heartbeat: wait for identical data.
-        wait::until(
-            T,
-            &format!("node {id} to hold the leader's data"),
-            || async { (cluster.dump(id).await.ok()? == reference).then_some(()) },
-        )
+        wait::until(T, &format!("node {id} to hold the leader's data"), || async {
+            (cluster.dump(id).await.ok()? == reference).then_some(())
+        })
         .await?;
     }
     Ok(())
@@ -139,11 +131,9 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() -> anyhow:
     client.put("k", "after").await?;
 
     cluster.start_node(leader)?;
-    wait::until(
-        T,
-        "the restarted node to have applied its old writes",
-        || async { (cluster.applied_index(leader).await.ok()? >= put.revision).then_some(()) },
-    )
+    wait::until(T, "the restarted node to have applied its old writes", || async {
+        (cluster.applied_index(leader).await.ok()? >= put.revision).then_some(())
+    })
     .await?;
     let reader = cluster.client_for(&[leader], Duration::from_secs(5));
     wait::until(T, "the restarted node to catch up", || async {

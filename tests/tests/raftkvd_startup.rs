@@ -52,14 +52,7 @@ fn bad_flags_are_a_usage_error() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let (code, err) = raftkvd(&[
-        "--id",
-        "1",
-        "--data-dir",
-        d,
-        "--initial-cluster",
-        "1=nonsense",
-    ]);
+    let (code, err) = raftkvd(&["--id", "1", "--data-dir", d, "--initial-cluster", "1=nonsense"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("ID=CLIENT_ADDR@PEER_ADDR"), "{err}");
 }
@@ -86,11 +79,7 @@ fn inconsistent_settings_are_refused() {
 #[test]
 fn a_data_dir_of_another_node_or_with_a_lost_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("node.json"),
-        r#"{"node_id":1,"incarnation":7}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("node.json"), r#"{"node_id":1,"incarnation":7}"#).unwrap();
     std::fs::create_dir(dir.path().join("db")).unwrap();
     let err = refused("2", dir.path(), None, &[]);
     assert!(err.contains("belongs to node 1, not node 2"), "{err}");

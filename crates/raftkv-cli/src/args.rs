@@ -58,6 +58,9 @@ pub enum Command {
         /// Print the previous value too (with -o json).
         #[arg(long)]
         prev: bool,
+        /// Only create the key: fail (exit code 1) if it already exists.
+        #[arg(long)]
+        if_absent: bool,
     },
     /// Print the value of KEY (exit code 1 if it does not exist).
     Get {
@@ -65,12 +68,42 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
     },
-    /// Delete KEY and print how many keys were deleted (0 or 1).
+    /// Delete KEY (or every key with the prefix KEY, or [KEY, END)) and print how many keys were
+    /// deleted.
     Del {
         key: String,
-        /// Print the deleted key-value too (with -o json).
+        /// Delete every key starting with KEY.
+        #[arg(long, conflicts_with = "end")]
+        prefix: bool,
+        /// Delete every key in [KEY, END).
+        #[arg(long)]
+        end: Option<String>,
+        /// Print the deleted key-values too (with -o json).
         #[arg(long)]
         prev: bool,
+    },
+    /// Compare-and-swap: set KEY to NEW only if its value is EXPECTED (exit code 1 if not).
+    Cas { key: String, expected: String, new: String },
+    /// Run a transaction: if every --if holds, the --then operations, else the --else ones.
+    ///
+    /// Compares: 'value(KEY) OP VALUE', 'version(KEY) OP N', 'create(KEY) OP N',
+    /// 'mod(KEY) OP N' (OP: = != < >), 'exists(KEY)', 'missing(KEY)'.
+    /// Operations: 'put KEY VALUE', 'get KEY', 'del KEY', 'del-prefix PREFIX',
+    /// 'del-range START END'. Double quotes keep spaces in a word.
+    ///
+    /// Example: raftkv txn --if 'missing(lock)' --then 'put lock me' --else 'get lock'
+    ///
+    /// Exit code 0 when the compares held, 1 when they did not.
+    Txn {
+        /// A compare; repeat for several (all must hold).
+        #[arg(long = "if", value_name = "COMPARE")]
+        compares: Vec<String>,
+        /// An operation run when the compares hold; repeat for several.
+        #[arg(long = "then", value_name = "OP")]
+        then_ops: Vec<String>,
+        /// An operation run when they do not; repeat for several.
+        #[arg(long = "else", value_name = "OP")]
+        else_ops: Vec<String>,
     },
     /// List keys: a prefix, or [START, END) (END omitted: to the last key).
     Range(RangeArgs),
@@ -165,18 +198,9 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!(
-            "250ms".parse::<DurationArg>().unwrap().0,
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            "5s".parse::<DurationArg>().unwrap().0,
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            "2m".parse::<DurationArg>().unwrap().0,
-            Duration::from_secs(120)
-        );
+        assert_eq!("250ms".parse::<DurationArg>().unwrap().0, Duration::from_millis(250));
+        assert_eq!("5s".parse::<DurationArg>().unwrap().0, Duration::from_secs(5));
+        assert_eq!("2m".parse::<DurationArg>().unwrap().0, Duration::from_secs(120));
         assert!("0s".parse::<DurationArg>().is_err());
         assert!("5h".parse::<DurationArg>().is_err());
         assert!("fast".parse::<DurationArg>().is_err());
@@ -189,8 +213,7 @@ mod tests {
             panic!("not range")
         };
         assert!(r.to_request().is_err());
-        let cli =
-            Cli::try_parse_from(["raftkv", "range", "--prefix", "a/", "--limit", "3"]).unwrap();
+        let cli = Cli::try_parse_from(["raftkv", "range", "--prefix", "a/", "--limit", "3"]).unwrap();
         let Command::Range(r) = cli.command else {
             panic!("not range")
         };

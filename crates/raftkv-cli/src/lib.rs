@@ -1,25 +1,29 @@
-//! raftkv-cli: the `raftkv` command-line tool — data commands (`put`, `get`, `del`, `range`)
-//! and cluster administration (`cluster status`).
+//! raftkv-cli: the `raftkv` command-line tool — data commands (`put`, `get`, `del`, `range`,
+//! `cas`, `txn`) and cluster administration (`cluster status`, `cluster leader`).
 //!
-//! Exit codes, for scripts: 0 success; 1 key not found; 2 usage error or invalid argument;
-//! 3 cluster unavailable or outcome indeterminate; 4 any other server error.
+//! Exit codes, for scripts: 0 success; 1 key not found, or a compare that did not hold (`cas`,
+//! `txn`, `put --if-absent`); 2 usage error or invalid argument; 3 cluster unavailable or
+//! outcome indeterminate; 4 any other server error.
 //!
-//! Module map: [`args`] (the command line), [`output`] (text and JSON rendering), and this
-//! file, which runs a command against the cluster.
+//! Module map: [`args`] (the command line), [`txn_syntax`] (the readable transaction syntax),
+//! [`output`] (text and JSON rendering), and this file, which runs a command.
 
 pub mod args;
 pub mod output;
+pub mod txn_syntax;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use raftkv_client::pb::{Consistency, DeleteRequest, PutRequest, RangeRequest};
+use raftkv_client::pb::{
+    txn_op_response, Consistency, DeleteRequest, PutRequest, RangeRequest, TxnRequest, TxnResponse,
+};
 use raftkv_client::{Client, ClientConfig, ClientError};
 
 use crate::args::{Cli, ClusterCommand, Command, OutputFormat};
 
-/// Exit code: the key was not found.
+/// Exit code: the key was not found, or a compare did not hold.
 pub const EXIT_NOT_FOUND: u8 = 1;
 /// Exit code: bad usage or an argument the server refused.
 pub const EXIT_USAGE: u8 = 2;
@@ -31,10 +35,7 @@ pub const EXIT_SERVER_ERROR: u8 = 4;
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("raftkv: cannot start the async runtime: {e}");
@@ -57,6 +58,11 @@ fn fail(e: ClientError) -> u8 {
     exit_code_for(&e)
 }
 
+fn usage(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("raftkv: {msg}");
+    EXIT_USAGE
+}
+
 fn print(text: &str) -> u8 {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`raftkv get k | head -c0`) is not an error worth reporting.
@@ -73,6 +79,14 @@ fn print_bytes(bytes: &[u8]) -> u8 {
     0
 }
 
+/// The key-value a failed conditional write found (the failure branch's single `get`).
+fn current_value(r: &TxnResponse) -> Option<&[u8]> {
+    match r.responses.first().and_then(|x| x.response.as_ref()) {
+        Some(txn_op_response::Response::Get(g)) => g.kv.as_ref().map(|kv| kv.value.as_slice()),
+        _ => None,
+    }
+}
+
 /// Runs one parsed command and returns its exit code.
 pub async fn run(cli: Cli) -> u8 {
     let mut config = ClientConfig::from_list(&cli.endpoints);
@@ -83,7 +97,12 @@ pub async fn run(cli: Cli) -> u8 {
     };
     let json = cli.output == OutputFormat::Json;
     match cli.command {
-        Command::Put { key, value, prev } => {
+        Command::Put {
+            key,
+            value,
+            prev,
+            if_absent: false,
+        } => {
             let req = PutRequest {
                 key: key.into_bytes(),
                 value: value.into_bytes(),
@@ -95,20 +114,34 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(e),
             }
         }
+        Command::Put {
+            key,
+            value,
+            if_absent: true,
+            ..
+        } => match client.put_if_absent(key.into_bytes(), value.into_bytes()).await {
+            Ok(r) if json => conditional(&r, print(&output::txn_json(&r))),
+            Ok(r) if r.succeeded => print(&format!("OK (revision {})\n", r.revision)),
+            Ok(_) => {
+                eprintln!("raftkv: key already exists; nothing written");
+                EXIT_NOT_FOUND
+            }
+            Err(e) => fail(e),
+        },
         Command::Get { key, consistency } => {
             let consistency: Consistency = consistency.into();
             match client.get_with(key.into_bytes(), consistency, None).await {
-                Ok(r) => match (&r.kv, json) {
-                    (_, true) => {
-                        print(&output::get_json(&r));
-                        if r.kv.is_none() {
-                            EXIT_NOT_FOUND
-                        } else {
-                            0
-                        }
+                Ok(r) if json => {
+                    print(&output::get_json(&r));
+                    if r.kv.is_none() {
+                        EXIT_NOT_FOUND
+                    } else {
+                        0
                     }
-                    (Some(kv), false) => print_bytes(&kv.value),
-                    (None, false) => {
+                }
+                Ok(r) => match &r.kv {
+                    Some(kv) => print_bytes(&kv.value),
+                    None => {
                         eprintln!("raftkv: key not found");
                         EXIT_NOT_FOUND
                     }
@@ -116,10 +149,12 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(e),
             }
         }
-        Command::Del { key, prev } => {
+        Command::Del { key, prefix, end, prev } => {
             let req = DeleteRequest {
                 key: key.into_bytes(),
                 prev_kv: prev,
+                end: end.unwrap_or_default().into_bytes(),
+                prefix,
             };
             match client.delete_request(req, None).await {
                 Ok(r) if json => print(&output::delete_json(&r)),
@@ -127,26 +162,71 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(e),
             }
         }
+        Command::Cas { key, expected, new } => {
+            match client
+                .compare_and_swap(key.into_bytes(), expected.into_bytes(), new.into_bytes())
+                .await
+            {
+                Ok(r) if json => conditional(&r, print(&output::txn_json(&r))),
+                Ok(r) if r.succeeded => print(&format!("OK (revision {})\n", r.revision)),
+                Ok(r) => {
+                    match current_value(&r) {
+                        Some(v) => eprintln!(
+                            "raftkv: compare failed: the current value is {:?}; nothing written",
+                            String::from_utf8_lossy(v)
+                        ),
+                        None => eprintln!("raftkv: compare failed: the key does not exist; nothing written"),
+                    }
+                    EXIT_NOT_FOUND
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Txn {
+            compares,
+            then_ops,
+            else_ops,
+        } => {
+            let parsed = (|| -> Result<TxnRequest, String> {
+                Ok(TxnRequest {
+                    compare: compares
+                        .iter()
+                        .map(|c| txn_syntax::parse_compare(c))
+                        .collect::<Result<_, _>>()?,
+                    success: then_ops
+                        .iter()
+                        .map(|o| txn_syntax::parse_op(o))
+                        .collect::<Result<_, _>>()?,
+                    failure: else_ops
+                        .iter()
+                        .map(|o| txn_syntax::parse_op(o))
+                        .collect::<Result<_, _>>()?,
+                })
+            })();
+            let req = match parsed {
+                Ok(r) => r,
+                Err(msg) => return usage(msg),
+            };
+            match client.txn(req, None).await {
+                Ok(r) if json => conditional(&r, print(&output::txn_json(&r))),
+                Ok(r) => conditional(&r, print(&output::txn_text(&r))),
+                Err(e) => fail(e),
+            }
+        }
         Command::Range(r) => {
             let req: RangeRequest = match r.to_request() {
                 Ok(req) => req,
-                Err(msg) => {
-                    eprintln!("raftkv: {msg}");
-                    return EXIT_USAGE;
-                }
+                Err(msg) => return usage(msg),
             };
-            let count_only = req.count_only;
-            let keys_only = req.keys_only;
+            let (count_only, keys_only) = (req.count_only, req.keys_only);
             match client.range(req, None).await {
                 Ok(resp) if json => print(&output::range_json(&resp)),
                 Ok(resp) => {
                     if resp.more {
-                        if let Some(last) = resp.kvs.last() {
-                            eprintln!(
-                                "raftkv: more keys match; continue with START just after {:?}",
-                                String::from_utf8_lossy(&last.key)
-                            );
-                        }
+                        eprintln!(
+                            "raftkv: more keys match; continue from {:?} (as START, or as END with --reverse)",
+                            String::from_utf8_lossy(&resp.next_key)
+                        );
                     }
                     print(&output::range_text(&resp, count_only, keys_only))
                 }
@@ -183,5 +263,14 @@ pub async fn run(cli: Cli) -> u8 {
                 EXIT_UNAVAILABLE
             }
         }
+    }
+}
+
+/// The exit code of a conditional command whose output was printed: 1 if its compares failed.
+fn conditional(r: &TxnResponse, printed: u8) -> u8 {
+    if r.succeeded {
+        printed
+    } else {
+        EXIT_NOT_FOUND
     }
 }

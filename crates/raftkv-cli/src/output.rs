@@ -4,7 +4,8 @@
 //! `key_hex` / `value_hex` so no byte is ever lost.
 
 use raftkv_client::pb::{
-    DeleteResponse, GetResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader, Role,
+    txn_op_response, DeleteResponse, GetResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader, Role,
+    TxnResponse,
 };
 use raftkv_client::NodeReport;
 use serde_json::{json, Map, Value};
@@ -73,13 +74,67 @@ pub fn get_json(r: &GetResponse) -> String {
     to_line(v)
 }
 
-pub fn delete_json(r: &DeleteResponse) -> String {
-    to_line(json!({
+fn delete_value(r: &DeleteResponse) -> Value {
+    json!({
         "deleted": r.deleted,
         "revision": r.revision,
-        "prev_kv": r.prev_kv.as_ref().map(|kv| kv_json(kv, true)),
+        "prev_kvs": r.prev_kvs.iter().map(|kv| kv_json(kv, true)).collect::<Vec<_>>(),
+        "header": header_json(&r.header),
+    })
+}
+
+pub fn delete_json(r: &DeleteResponse) -> String {
+    to_line(delete_value(r))
+}
+
+pub fn txn_json(r: &TxnResponse) -> String {
+    let responses: Vec<Value> = r
+        .responses
+        .iter()
+        .map(|x| match &x.response {
+            Some(txn_op_response::Response::Put(p)) => json!({ "put": {
+                "revision": p.revision,
+                "prev_kv": p.prev_kv.as_ref().map(|kv| kv_json(kv, true)),
+            }}),
+            Some(txn_op_response::Response::Delete(d)) => json!({ "delete": delete_value(d) }),
+            Some(txn_op_response::Response::Get(g)) => json!({ "get": {
+                "found": g.kv.is_some(),
+                "kv": g.kv.as_ref().map(|kv| kv_json(kv, true)),
+            }}),
+            None => Value::Null,
+        })
+        .collect();
+    to_line(json!({
+        "succeeded": r.succeeded,
+        "revision": r.revision,
+        "responses": responses,
         "header": header_json(&r.header),
     }))
+}
+
+/// `succeeded` / `compare failed`, then one line per operation result.
+pub fn txn_text(r: &TxnResponse) -> String {
+    let mut out = if r.succeeded {
+        format!("succeeded (revision {})\n", r.revision)
+    } else {
+        format!("compare failed (revision {}); ran the else branch\n", r.revision)
+    };
+    for x in &r.responses {
+        match &x.response {
+            Some(txn_op_response::Response::Put(_)) => out.push_str("put: OK\n"),
+            Some(txn_op_response::Response::Delete(d)) => out.push_str(&format!("del: {}\n", d.deleted)),
+            Some(txn_op_response::Response::Get(g)) => match &g.kv {
+                Some(kv) => out.push_str(&format!(
+                    "get {}: {}\n",
+                    String::from_utf8_lossy(&kv.key),
+                    String::from_utf8_lossy(&kv.value)
+                )),
+                None => out.push_str("get: (not found)\n"),
+            },
+            None => {}
+        }
+    }
+    out
 }
 
 pub fn range_json(r: &RangeResponse) -> String {
@@ -87,6 +142,7 @@ pub fn range_json(r: &RangeResponse) -> String {
         "kvs": r.kvs.iter().map(|kv| kv_json(kv, true)).collect::<Vec<_>>(),
         "more": r.more,
         "count": r.count,
+        "next_key": String::from_utf8_lossy(&r.next_key),
         "header": header_json(&r.header),
     }))
 }
@@ -207,18 +263,14 @@ pub fn status_table(reports: &[NodeReport]) -> String {
         .collect();
     let mut out = String::new();
     for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
     match (leader(reports).map(|(id, _)| id), voter_counts(reports)) {
-        (Some(l), Some((up, total, quorum))) => out.push_str(&format!(
-            "leader: node {l}; voters up {up}/{total} (quorum {quorum})\n"
-        )),
+        (Some(l), Some((up, total, quorum))) => {
+            out.push_str(&format!("leader: node {l}; voters up {up}/{total} (quorum {quorum})\n"))
+        }
         (None, Some((up, total, quorum))) => out.push_str(&format!(
             "no leader; voters up {up}/{total} (quorum {quorum}){}\n",
             if up < quorum {
@@ -321,15 +373,9 @@ mod tests {
         assert_eq!(nodes[0]["id"], 1);
         assert_eq!(nodes[0]["addr"], "127.0.0.1:7001");
         assert_eq!(nodes[2]["role"], "unreachable");
-        assert_eq!(
-            (v["voters_up"].as_u64(), v["quorum"].as_u64()),
-            (Some(2), Some(2))
-        );
+        assert_eq!((v["voters_up"].as_u64(), v["quorum"].as_u64()), (Some(2), Some(2)));
         let table = status_table(&reports);
-        assert!(
-            table.contains("leader: node 1; voters up 2/3 (quorum 2)"),
-            "{table}"
-        );
+        assert!(table.contains("leader: node 1; voters up 2/3 (quorum 2)"), "{table}");
         assert!(table.contains("unreachable"), "{table}");
         assert!(table.contains("3.0 MiB"), "{table}");
     }

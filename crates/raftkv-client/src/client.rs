@@ -2,9 +2,9 @@
 //!
 //! Every call has a deadline ([`ClientConfig::timeout`] unless overridden), sent to the server
 //! as the gRPC timeout and enforced locally. Within it the client:
-//! - sends writes and linearizable reads to the leader it knows of, following
-//!   `raftkv-leader-addr` hints, and finds the leader by asking every endpoint's Status when it
-//!   has no hint;
+//! - sends writes to the leader it knows of, following `raftkv-leader-addr` hints, and finds
+//!   the leader by asking every endpoint's Status when it has no hint;
+//! - spreads reads (linearizable or stale) over the endpoints in turn: any node can serve them;
 //! - retries what certainly did not happen (not the leader, no leader, connection refused)
 //!   with exponential backoff and jitter, on the next candidate endpoint;
 //! - never retries a write whose outcome is unknown: it returns
@@ -18,8 +18,8 @@ use std::time::Duration;
 use raftkv_proto::v1::cluster_client::ClusterClient;
 use raftkv_proto::v1::kv_client::KvClient;
 use raftkv_proto::v1::{
-    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, Role, StatusRequest, StatusResponse,
+    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, Role, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use raftkv_proto::{error_kind, metadata};
 use tokio::time::Instant;
@@ -28,6 +28,7 @@ use tonic::{Code, Status};
 
 use crate::error::ClientError;
 use crate::retry::{Backoff, BackoffPolicy};
+use crate::txn;
 
 /// The client's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +110,10 @@ impl CallKind {
         }
     }
 
+    /// Writes go to the leader; reads of either kind are served by any node (a follower gets a
+    /// read index from the leader for a linearizable read), so they are spread over endpoints.
     fn wants_leader(self) -> bool {
-        !matches!(self, Self::StaleRead)
+        matches!(self, Self::Write)
     }
 }
 
@@ -142,26 +145,20 @@ fn classify(status: &Status) -> Failure {
     let kind = md.get(metadata::ERROR_KIND).and_then(|v| v.to_str().ok());
     let message = format!("{}: {}", describe_code(status.code()), status.message());
     match kind {
-        Some(error_kind::NOT_LEADER) => {
-            match md.get(metadata::LEADER_ADDR).and_then(|v| v.to_str().ok()) {
-                Some(addr) => Failure::Redirect {
-                    addr: addr.to_string(),
-                    message,
-                },
-                None => Failure::NotStarted(message),
-            }
-        }
-        Some(error_kind::NO_LEADER) | Some(error_kind::SHUTTING_DOWN) => {
-            Failure::NotStarted(message)
-        }
+        Some(error_kind::NOT_LEADER) => match md.get(metadata::LEADER_ADDR).and_then(|v| v.to_str().ok()) {
+            Some(addr) => Failure::Redirect {
+                addr: addr.to_string(),
+                message,
+            },
+            None => Failure::NotStarted(message),
+        },
+        Some(error_kind::NO_LEADER) | Some(error_kind::SHUTTING_DOWN) => Failure::NotStarted(message),
         Some(error_kind::INDETERMINATE) => Failure::Unknown(message),
         _ => match status.code() {
             Code::Unavailable if is_connect_error(status) => Failure::NotStarted(message),
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::Aborted => Failure::Unknown(message),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
+                Failure::Unknown(message)
+            }
             _ => Failure::Final(ClientError::from_status(status)),
         },
     }
@@ -223,11 +220,7 @@ impl Client {
 
     /// The leader's address as last learned, if any.
     pub fn known_leader(&self) -> Option<String> {
-        self.inner
-            .leader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn set_leader(&self, addr: Option<String>) {
@@ -235,22 +228,12 @@ impl Client {
     }
 
     fn endpoints(&self) -> Vec<String> {
-        self.inner
-            .order
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.order.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The channel to `addr`, created (and `addr` added to the endpoints) on first use.
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
-        if let Some(c) = self
-            .inner
-            .channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(addr)
-        {
+        if let Some(c) = self.inner.channels.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -258,11 +241,7 @@ impl Client {
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
-        let mut channels = self
-            .inner
-            .channels
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut channels = self.inner.channels.write().unwrap_or_else(|e| e.into_inner());
         if !channels.contains_key(addr) {
             channels.insert(addr.to_string(), channel);
             self.inner
@@ -396,18 +375,11 @@ impl Client {
         Some(addr)
     }
 
-    async fn probe_all(
-        &self,
-        addrs: &[String],
-        timeout: Duration,
-    ) -> Vec<(String, Result<StatusResponse, String>)> {
+    async fn probe_all(&self, addrs: &[String], timeout: Duration) -> Vec<(String, Result<StatusResponse, String>)> {
         let probes = addrs.iter().map(|addr| {
             let addr = addr.clone();
             async move {
-                let result = self
-                    .status_of(&addr, timeout)
-                    .await
-                    .map_err(|e| e.to_string());
+                let result = self.status_of(&addr, timeout).await.map_err(|e| e.to_string());
                 (addr, result)
             }
         });
@@ -415,11 +387,7 @@ impl Client {
     }
 
     /// The status of the node at `addr` (one attempt, no retries).
-    pub async fn status_of(
-        &self,
-        addr: &str,
-        timeout: Duration,
-    ) -> Result<StatusResponse, ClientError> {
+    pub async fn status_of(&self, addr: &str, timeout: Duration) -> Result<StatusResponse, ClientError> {
         let channel = self.channel(addr)?;
         let mut request = tonic::Request::new(StatusRequest {});
         request.set_timeout(timeout);
@@ -428,13 +396,11 @@ impl Client {
             Ok(Err(s)) if s.code() == Code::Unavailable => {
                 Err(ClientError::Unavailable(format!("{addr}: {}", s.message())))
             }
-            Ok(Err(s)) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => Err(
-                ClientError::Unavailable(format!("{addr}: no reply within {timeout:?}")),
-            ),
+            Ok(Err(s)) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+                Err(ClientError::Unavailable(format!("{addr}: no reply within {timeout:?}")))
+            }
             Ok(Err(s)) => Err(ClientError::from_status(&s)),
-            Err(_) => Err(ClientError::Unavailable(format!(
-                "{addr}: no reply within {timeout:?}"
-            ))),
+            Err(_) => Err(ClientError::Unavailable(format!("{addr}: no reply within {timeout:?}"))),
         }
     }
 
@@ -442,11 +408,8 @@ impl Client {
     /// report. Nodes that do not answer are included with the reason.
     pub async fn cluster_status(&self) -> Vec<NodeReport> {
         let timeout = self.inner.config.timeout.min(Duration::from_secs(2));
-        let mut results: BTreeMap<String, Result<StatusResponse, String>> = self
-            .probe_all(&self.endpoints(), timeout)
-            .await
-            .into_iter()
-            .collect();
+        let mut results: BTreeMap<String, Result<StatusResponse, String>> =
+            self.probe_all(&self.endpoints(), timeout).await.into_iter().collect();
         // Members as reported by the answering node with the highest term.
         let members = results
             .values()
@@ -475,11 +438,7 @@ impl Client {
     }
 
     /// Sets `key` to `value`.
-    pub async fn put(
-        &self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-    ) -> Result<PutResponse, ClientError> {
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<PutResponse, ClientError> {
         let req = PutRequest {
             key: key.into(),
             value: value.into(),
@@ -489,11 +448,7 @@ impl Client {
     }
 
     /// Sends a full PutRequest, with an optional deadline overriding the configured one.
-    pub async fn put_request(
-        &self,
-        req: PutRequest,
-        timeout: Option<Duration>,
-    ) -> Result<PutResponse, ClientError> {
+    pub async fn put_request(&self, req: PutRequest, timeout: Option<Duration>) -> Result<PutResponse, ClientError> {
         self.call(CallKind::Write, timeout, req, |ch, r| async move {
             kv_client(ch).put(r).await
         })
@@ -516,12 +471,9 @@ impl Client {
             key: key.into(),
             consistency: consistency as i32,
         };
-        self.call(
-            CallKind::for_read(consistency),
-            timeout,
-            req,
-            |ch, r| async move { kv_client(ch).get(r).await },
-        )
+        self.call(CallKind::for_read(consistency), timeout, req, |ch, r| async move {
+            kv_client(ch).get(r).await
+        })
         .await
     }
 
@@ -529,7 +481,7 @@ impl Client {
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<DeleteResponse, ClientError> {
         let req = DeleteRequest {
             key: key.into(),
-            prev_kv: false,
+            ..Default::default()
         };
         self.delete_request(req, None).await
     }
@@ -547,19 +499,51 @@ impl Client {
     }
 
     /// Reads a range of keys; the consistency is the request's.
-    pub async fn range(
+    pub async fn range(&self, req: RangeRequest, timeout: Option<Duration>) -> Result<RangeResponse, ClientError> {
+        let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
+        self.call(CallKind::for_read(consistency), timeout, req, |ch, r| async move {
+            kv_client(ch).range(r).await
+        })
+        .await
+    }
+
+    /// Sets `key` to `new` only if its value is `expected`. `succeeded` in the reply tells
+    /// whether it did; if not, the reply's single response holds the current key-value.
+    pub async fn compare_and_swap(
         &self,
-        req: RangeRequest,
-        timeout: Option<Duration>,
-    ) -> Result<RangeResponse, ClientError> {
-        let consistency =
-            Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
-        self.call(
-            CallKind::for_read(consistency),
-            timeout,
-            req,
-            |ch, r| async move { kv_client(ch).range(r).await },
-        )
+        key: impl Into<Vec<u8>>,
+        expected: impl Into<Vec<u8>>,
+        new: impl Into<Vec<u8>>,
+    ) -> Result<TxnResponse, ClientError> {
+        let key = key.into();
+        let req = TxnRequest {
+            compare: vec![txn::value(key.clone(), txn::Op::Equal, expected)],
+            success: vec![txn::put(key.clone(), new)],
+            failure: vec![txn::get(key)],
+        };
+        self.txn(req, None).await
+    }
+
+    /// Creates `key` with `value` only if it does not exist yet (`succeeded` says whether).
+    pub async fn put_if_absent(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<TxnResponse, ClientError> {
+        let key = key.into();
+        let req = TxnRequest {
+            compare: vec![txn::missing(key.clone())],
+            success: vec![txn::put(key.clone(), value)],
+            failure: vec![txn::get(key)],
+        };
+        self.txn(req, None).await
+    }
+
+    /// Runs a transaction (compares, then the success or failure operations), atomically.
+    pub async fn txn(&self, req: TxnRequest, timeout: Option<Duration>) -> Result<TxnResponse, ClientError> {
+        self.call(CallKind::Write, timeout, req, |ch, r| async move {
+            kv_client(ch).txn(r).await
+        })
         .await
     }
 }
@@ -584,14 +568,8 @@ mod tests {
 
     #[test]
     fn classification_separates_safe_retries_from_unknown_outcomes() {
-        let redirect = status_with(
-            Code::Unavailable,
-            Some(error_kind::NOT_LEADER),
-            Some("127.0.0.1:7002"),
-        );
-        assert!(
-            matches!(classify(&redirect), Failure::Redirect { addr, .. } if addr == "127.0.0.1:7002")
-        );
+        let redirect = status_with(Code::Unavailable, Some(error_kind::NOT_LEADER), Some("127.0.0.1:7002"));
+        assert!(matches!(classify(&redirect), Failure::Redirect { addr, .. } if addr == "127.0.0.1:7002"));
         let no_leader = status_with(Code::Unavailable, Some(error_kind::NO_LEADER), None);
         assert!(matches!(classify(&no_leader), Failure::NotStarted(_)));
         let indeterminate = status_with(Code::Unavailable, Some(error_kind::INDETERMINATE), None);
@@ -611,13 +589,8 @@ mod tests {
 
     #[test]
     fn config_validation() {
-        assert!(ClientConfig::from_list(DEFAULT_ENDPOINTS)
-            .validate()
-            .is_ok());
-        assert_eq!(
-            ClientConfig::from_list(" a:1 , b:2 ,").endpoints,
-            vec!["a:1", "b:2"]
-        );
+        assert!(ClientConfig::from_list(DEFAULT_ENDPOINTS).validate().is_ok());
+        assert_eq!(ClientConfig::from_list(" a:1 , b:2 ,").endpoints, vec!["a:1", "b:2"]);
         assert!(ClientConfig::from_list("").validate().is_err());
         assert!(ClientConfig::from_list("http://a:1").validate().is_err());
         assert!(ClientConfig::from_list("nohostport").validate().is_err());

@@ -11,12 +11,14 @@
 //! ```
 //!
 //! Module map: [`client`] (endpoints, leader tracking, the retry loop), [`retry`] (backoff
-//! with jitter), [`error`] (what a caller can get back). It is built on the public gRPC API
+//! with jitter), [`txn`] (compares and operations for transactions), [`error`] (what a caller
+//! can get back). It is built on the public gRPC API
 //! only (raftkv-proto), never on the server's crates.
 
 pub mod client;
 pub mod error;
 pub mod retry;
+pub mod txn;
 
 pub use client::{Client, ClientConfig, NodeReport, DEFAULT_ENDPOINTS};
 pub use error::ClientError;

@@ -82,10 +82,7 @@ mod tests {
             seen_low |= d < Duration::from_millis(25);
             seen_high |= d > Duration::from_millis(75);
         }
-        assert!(
-            seen_low && seen_high,
-            "full jitter should cover the whole range"
-        );
+        assert!(seen_low && seen_high, "full jitter should cover the whole range");
     }
 
     #[test]

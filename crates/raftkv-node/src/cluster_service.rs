@@ -29,10 +29,7 @@ fn role(state: ServerState) -> Role {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(
-        &self,
-        _request: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let core = &self.core;
         // Clone what we need and drop the borrow at once: holding it would block Raft.
         let m = core.raft.metrics().borrow().clone();
@@ -74,6 +71,9 @@ impl Cluster for ClusterService {
             peer_addr: me.peer_addr,
             snapshot_index: m.snapshot.map_or(0, |s| s.index),
             purged_index: m.purged.map_or(0, |p| p.index),
+            linearizable_reads: core.read_path.reads.requests(),
+            read_index_rounds: core.read_path.reads.rounds(),
+            leadership_confirmations: core.read_path.confirm.rounds(),
         }))
     }
 }

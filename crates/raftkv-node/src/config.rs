@@ -19,6 +19,8 @@ pub const MAX_KEY_BYTES: usize = 4 * 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Most key-values one Range reply carries; larger ranges are paged (`more`).
 pub const MAX_RANGE_LIMIT: u64 = 10_000;
+/// Most compares plus operations one transaction may hold.
+pub const MAX_TXN_OPS: usize = 128;
 /// Most key and value bytes one Range reply carries (past the first key-value), so a reply
 /// stays under gRPC's common 4 MiB default message limit; larger ranges are paged (`more`).
 pub const MAX_RANGE_REPLY_BYTES: usize = 3 * 1024 * 1024;
@@ -48,9 +50,7 @@ impl InitialCluster {
                 return Err(ConfigError::InitialCluster("node ids start at 1".into()));
             }
             if seen.insert(*id, ()).is_some() {
-                return Err(ConfigError::InitialCluster(format!(
-                    "node id {id} is listed twice"
-                )));
+                return Err(ConfigError::InitialCluster(format!("node id {id} is listed twice")));
             }
             for (what, a) in [("client", &addr.client_addr), ("peer", &addr.peer_addr)] {
                 if a.parse::<SocketAddr>().is_err() && !looks_like_host_port(a) {
@@ -209,12 +209,7 @@ pub enum ConfigError {
 
 impl NodeConfig {
     /// A configuration with every default, for tests and embedding.
-    pub fn new(
-        id: NodeId,
-        data_dir: PathBuf,
-        client_addr: SocketAddr,
-        peer_addr: SocketAddr,
-    ) -> Self {
+    pub fn new(id: NodeId, data_dir: PathBuf, client_addr: SocketAddr, peer_addr: SocketAddr) -> Self {
         Self {
             id,
             data_dir,
@@ -348,10 +343,7 @@ mod tests {
             "1=a:1@b:2,1=c:3@d:4",
             "1=127.0.0.1@127.0.0.1:7101",
         ] {
-            assert!(
-                bad.parse::<InitialCluster>().is_err(),
-                "{bad:?} was accepted"
-            );
+            assert!(bad.parse::<InitialCluster>().is_err(), "{bad:?} was accepted");
         }
     }
 
@@ -359,16 +351,10 @@ mod tests {
     fn validate_names_the_bad_setting() {
         let mut c = cfg();
         c.election_min_ms = 300;
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::ElectionRange { .. })
-        ));
+        assert!(matches!(c.validate(), Err(ConfigError::ElectionRange { .. })));
         let mut c = cfg();
         c.heartbeat_ms = 100;
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::ElectionVsHeartbeat { .. })
-        ));
+        assert!(matches!(c.validate(), Err(ConfigError::ElectionVsHeartbeat { .. })));
         let mut c = cfg();
         c.initial_cluster = Some("2=127.0.0.1:7002@127.0.0.1:7102".parse().unwrap());
         assert_eq!(c.validate(), Err(ConfigError::NotInInitialCluster(1)));

@@ -3,13 +3,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::ServerState;
 use raftkv_proto::v1::{Consistency, ResponseHeader};
 use raftkv_store::command::{Command, Request, Response};
 use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreHandle};
 
 use crate::error::ApiError;
+use crate::read_index::ReadPath;
 
 /// Shared by the client-facing services of one node. Cheap to clone.
 #[derive(Clone)]
@@ -17,6 +17,7 @@ pub struct NodeCore {
     pub id: NodeId,
     pub raft: Raft,
     pub store: StoreHandle,
+    pub read_path: ReadPath,
 }
 
 impl NodeCore {
@@ -47,52 +48,31 @@ impl NodeCore {
 
     /// Makes a read at `consistency` safe to serve from the local state.
     ///
-    /// Linearizable: this node must be the leader and confirm its leadership with a quorum
-    /// (ReadIndex), then wait until it has applied up to the read index. A follower answers
-    /// with the leader's address instead. Stale: nothing to wait for.
+    /// Linearizable, on any node: get a read index (the leader confirms its leadership with a
+    /// quorum; a follower asks the leader), then wait until this node has applied up to it.
+    /// Stale: nothing to wait for.
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), ApiError> {
         match consistency {
             Consistency::Stale => Ok(()),
             Consistency::Unspecified | Consistency::Linearizable => {
-                if !self.is_leader() {
-                    // Skip the round trip through RaftCore: a follower cannot serve it yet.
-                    let leader = self.raft.metrics().borrow().current_leader;
-                    return Err(self.not_leader(leader));
-                }
-                self.raft
-                    .ensure_linearizable()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| ApiError::from_read_barrier(self.id, e))
+                let index = self.read_path.reads.read_index().await?;
+                self.wait_applied(index).await
             }
         }
     }
 
-    fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
-    }
-
-    /// The "ask the leader" answer for `leader`, resolving its client address from membership.
-    pub fn not_leader(&self, leader: Option<NodeId>) -> ApiError {
-        let addr = leader.and_then(|l| {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.client_addr.clone())
-        });
-        match (leader, addr) {
-            (Some(leader_id), Some(leader_addr)) if leader_id != self.id => ApiError::NotLeader {
-                this: self.id,
-                leader_id,
-                leader_addr,
-            },
-            _ => ApiError::NoLeader {
-                this: self.id,
-                detail: String::new(),
-            },
+    /// Waits until the local state machine has applied `index`. The caller's deadline bounds
+    /// the wait (the gRPC server cancels the call when it passes).
+    async fn wait_applied(&self, index: u64) -> Result<(), ApiError> {
+        if self.store.reader().applied_index() >= index {
+            return Ok(());
         }
+        self.raft
+            .wait(None)
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| ApiError::ShuttingDown(self.id))
     }
 }
 

@@ -53,10 +53,7 @@ impl ApiError {
     }
 
     /// Maps a failed linearizable-read barrier.
-    pub fn from_read_barrier(
-        this: NodeId,
-        e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>,
-    ) -> Self {
+    pub fn from_read_barrier(this: NodeId, e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>) -> Self {
         match e {
             RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Self::forward(this, &f),
             RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Self::NoLeader {
@@ -70,15 +67,10 @@ impl ApiError {
     /// Maps a failed `client_write`. A forward hint here means the entry was never appended, or
     /// was truncated away by a new leader (so it can never commit): the write did not happen.
     /// A fatal error means Raft stopped while the write may have been in flight.
-    pub fn from_client_write(
-        this: NodeId,
-        e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>,
-    ) -> Self {
+    pub fn from_client_write(this: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Self {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Self::forward(this, &f),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-                Self::Storage(c.to_string())
-            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Self::Storage(c.to_string()),
             RaftError::Fatal(f) => Self::Indeterminate(format!("node {this} stopped: {f}")),
         }
     }
@@ -96,10 +88,9 @@ impl ApiError {
     fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::NotLeader { .. }
-            | Self::NoLeader { .. }
-            | Self::ShuttingDown(_)
-            | Self::Indeterminate(_) => Code::Unavailable,
+            Self::NotLeader { .. } | Self::NoLeader { .. } | Self::ShuttingDown(_) | Self::Indeterminate(_) => {
+                Code::Unavailable
+            }
             Self::Storage(_) => Code::Internal,
         }
     }
@@ -113,9 +104,7 @@ impl From<ApiError> for Status {
             md.insert(metadata::ERROR_KIND, MetadataValue::from_static(kind));
         }
         if let ApiError::NotLeader {
-            leader_id,
-            leader_addr,
-            ..
+            leader_id, leader_addr, ..
         } = &e
         {
             md.insert(metadata::LEADER_ID, MetadataValue::from(*leader_id));
@@ -147,28 +136,15 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.metadata().get(metadata::LEADER_ID).unwrap(), "1");
-        assert_eq!(
-            s.metadata().get(metadata::LEADER_ADDR).unwrap(),
-            "127.0.0.1:7001"
-        );
-        assert_eq!(
-            s.metadata().get(metadata::ERROR_KIND).unwrap(),
-            error_kind::NOT_LEADER
-        );
-        assert!(
-            s.message().contains("node 1 at 127.0.0.1:7001"),
-            "{}",
-            s.message()
-        );
+        assert_eq!(s.metadata().get(metadata::LEADER_ADDR).unwrap(), "127.0.0.1:7001");
+        assert_eq!(s.metadata().get(metadata::ERROR_KIND).unwrap(), error_kind::NOT_LEADER);
+        assert!(s.message().contains("node 1 at 127.0.0.1:7001"), "{}", s.message());
     }
 
     #[test]
     fn forward_without_leader_is_no_leader() {
         let f = ForwardToLeader::<NodeId, NodeAddr>::empty();
-        assert!(matches!(
-            ApiError::forward(3, &f),
-            ApiError::NoLeader { this: 3, .. }
-        ));
+        assert!(matches!(ApiError::forward(3, &f), ApiError::NoLeader { this: 3, .. }));
     }
 
     #[test]

@@ -37,12 +37,7 @@ pub fn load(data_dir: &Path, node_id: NodeId) -> Result<Option<Identity>, Startu
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(StartupError::Io(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )))
-        }
+        Err(e) => return Err(StartupError::Io(format!("cannot read {}: {e}", path.display()))),
     };
     let identity: Identity = serde_json::from_slice(&bytes).map_err(|e| {
         inconsistent(
@@ -167,10 +162,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         make_db(dir.path());
         let err = ensure(dir.path(), 1, None, false).unwrap_err();
-        assert!(
-            matches!(err, StartupError::InconsistentDataDir { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StartupError::InconsistentDataDir { .. }), "{err}");
     }
 
     #[test]

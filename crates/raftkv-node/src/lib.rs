@@ -8,7 +8,9 @@
 //! - [`identity`]: the data dir's identity file (owner id, incarnation);
 //! - [`node`]: `RunningNode` — start, serve, shut down;
 //! - [`core`]: the write path and read barrier the services share;
-//! - [`kv_service`], [`cluster_service`]: the public gRPC API;
+//! - [`read_index`]: linearizable reads on any node, with batched read-index rounds;
+//! - [`kv_service`], [`cluster_service`]: the public gRPC API; [`request`]: validating and
+//!   converting its messages;
 //! - [`peer_service`], [`network`]: the node-to-node API, server and client sides;
 //! - [`error`]: `ApiError` and its one mapping to gRPC status codes.
 
@@ -22,6 +24,8 @@ pub mod kv_service;
 pub mod network;
 pub mod node;
 pub mod peer_service;
+pub mod read_index;
+pub mod request;
 pub mod startup;
 
 pub use config::{InitialCluster, NodeConfig};

@@ -16,13 +16,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
-    Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use raftkv_proto::v1::raft_peer_client::RaftPeerClient;
 use raftkv_proto::v1::RaftMessage;
@@ -54,33 +53,21 @@ pub struct LinkFaults {
 impl LinkFaults {
     /// Cuts the link from this node to `target`.
     pub fn block(&self, target: NodeId) {
-        self.blocked
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(target);
+        self.blocked.write().unwrap_or_else(|e| e.into_inner()).insert(target);
     }
 
     /// Restores the link from this node to `target`.
     pub fn unblock(&self, target: NodeId) {
-        self.blocked
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&target);
+        self.blocked.write().unwrap_or_else(|e| e.into_inner()).remove(&target);
     }
 
     /// Restores every link.
     pub fn heal(&self) {
-        self.blocked
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.blocked.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub fn is_blocked(&self, target: NodeId) -> bool {
-        self.blocked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&target)
+        self.blocked.read().unwrap_or_else(|e| e.into_inner()).contains(&target)
     }
 }
 
@@ -161,14 +148,18 @@ impl PeerNetwork {
         }
     }
 
+    /// The link faults this node's outgoing peer traffic obeys.
+    pub fn faults(&self) -> &LinkFaults {
+        &self.faults
+    }
+
     /// The cached channel to `addr`, created (without connecting) on first use.
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint =
-            Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
         let channel = endpoint
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -221,9 +212,7 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         if self.faults.is_blocked(self.target) {
-            return Err(RPCError::Unreachable(Unreachable::new(&LinkCut(
-                self.target,
-            ))));
+            return Err(RPCError::Unreachable(Unreachable::new(&LinkCut(self.target))));
         }
         let channel = match &self.channel {
             Ok(c) => c.clone(),
@@ -238,11 +227,8 @@ impl PeerClient {
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if payload.len() > APPEND_BYTES_BUDGET {
             if let Some(entries) = entry_count.filter(|n| *n > 1) {
-                let fit =
-                    (entries as u128 * APPEND_BYTES_BUDGET as u128 / payload.len() as u128).max(1);
-                return Err(RPCError::PayloadTooLarge(
-                    PayloadTooLarge::new_entries_hint(fit as u64),
-                ));
+                let fit = (entries as u128 * APPEND_BYTES_BUDGET as u128 / payload.len() as u128).max(1);
+                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
             }
         }
         let ttl = option.soft_ttl();
@@ -274,9 +260,7 @@ impl PeerClient {
             Err(_) => return Err(timeout_err()),
             Ok(Err(status)) => {
                 return Err(match status.code() {
-                    Code::Unavailable | Code::FailedPrecondition => {
-                        RPCError::Unreachable(Unreachable::new(&status))
-                    }
+                    Code::Unavailable | Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
                     Code::DeadlineExceeded | Code::Cancelled => timeout_err(),
                     _ => RPCError::Network(NetworkError::new(&status)),
                 })
@@ -287,8 +271,8 @@ impl PeerClient {
             tracing::error!(peer = self.target, "{wiped}");
             return Err(RPCError::Unreachable(Unreachable::new(&wiped)));
         }
-        let result: Result<Resp, E> = codec::decode(&response.payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> =
+            codec::decode(&response.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -300,8 +284,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         let n = rpc.entries.len();
-        self.call(RPCTypes::AppendEntries, &rpc, Some(n), &option)
-            .await
+        self.call(RPCTypes::AppendEntries, &rpc, Some(n), &option).await
     }
 
     async fn install_snapshot(
@@ -309,8 +292,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        self.call(RPCTypes::InstallSnapshot, &rpc, None, &option)
-            .await
+        self.call(RPCTypes::InstallSnapshot, &rpc, None, &option).await
     }
 
     async fn vote(

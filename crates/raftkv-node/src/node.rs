@@ -23,10 +23,9 @@ use crate::config::{NodeConfig, MAX_VALUE_BYTES};
 use crate::core::NodeCore;
 use crate::identity;
 use crate::kv_service::KvService;
-use crate::network::{
-    IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES,
-};
+use crate::network::{IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES};
 use crate::peer_service::PeerService;
+use crate::read_index::ReadPath;
 use crate::startup::{self, StartupError};
 
 /// Largest client request accepted: a maximal value plus room for the key and framing, so an
@@ -53,12 +52,10 @@ pub struct RunningNode {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartupError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| StartupError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 impl RunningNode {
@@ -89,18 +86,12 @@ impl RunningNode {
             cache_capacity_bytes: config.cache_mb * 1024 * 1024,
         };
         let data_dir = config.data_dir.clone();
-        let store =
-            tokio::task::spawn_blocking(move || raftkv_store::open(&data_dir, &store_config))
-                .await
-                .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))??;
+        let store = tokio::task::spawn_blocking(move || raftkv_store::open(&data_dir, &store_config))
+            .await
+            .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))??;
         let summary = store.handle.summary()?;
         startup::check_store(&config.data_dir.display().to_string(), &summary)?;
-        let identity = identity::ensure(
-            &config.data_dir,
-            config.id,
-            found_identity,
-            summary.is_pristine(),
-        )?;
+        let identity = identity::ensure(&config.data_dir, config.id, found_identity, summary.is_pristine())?;
 
         let me = Sender {
             id: config.id,
@@ -109,9 +100,10 @@ impl RunningNode {
         let faults = LinkFaults::default();
         let incarnations = IncarnationRegistry::default();
         let network = PeerNetwork::new(me, faults.clone(), incarnations.clone());
-        let raft_config = config.raft_config().validate().map_err(|e| {
-            StartupError::Config(crate::config::ConfigError::InitialCluster(e.to_string()))
-        })?;
+        let raft_config = config
+            .raft_config()
+            .validate()
+            .map_err(|e| StartupError::Config(crate::config::ConfigError::InitialCluster(e.to_string())))?;
         let handle = store.handle.clone();
         let raft = Raft::new(
             config.id,
@@ -124,28 +116,25 @@ impl RunningNode {
         .map_err(|e| StartupError::Raft(e.to_string()))?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let read_path = ReadPath::new(config.id, raft.clone(), network.clone());
         let core = NodeCore {
             id: config.id,
             raft: raft.clone(),
             store: handle.clone(),
+            read_path: read_path.clone(),
         };
 
-        let peer_service = RaftPeerServer::new(PeerService::new(
-            raft.clone(),
-            me,
-            handle.clone(),
-            incarnations,
-        ))
-        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let peer_service = PeerService::new(raft.clone(), me, handle.clone(), incarnations, read_path.confirm);
+        let peer_service = RaftPeerServer::new(peer_service)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let peer_server = spawn_server(
             "peer",
             Server::builder().add_service(peer_service),
             peer_listener,
             shutdown_rx.clone(),
         );
-        let kv = KvServer::new(KvService::new(core.clone()))
-            .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
+        let kv = KvServer::new(KvService::new(core.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
         let cluster = ClusterServer::new(ClusterService::new(core.clone()));
         let client_server = spawn_server(
             "client",
@@ -189,10 +178,7 @@ impl RunningNode {
     pub async fn shutdown(self) {
         tracing::info!(id = self.id, "shutting down");
         let _ = self.shutdown.send(true);
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.client_server)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.client_server).await.is_err() {
             tracing::warn!("client requests did not drain in time");
         }
         if let Err(e) = self.raft.shutdown().await {
@@ -244,10 +230,7 @@ async fn watch_leadership(core: NodeCore, mut shutdown: watch::Receiver<bool>) {
             tracing::info!(term, role = ?m.state, "role changed");
             last_state = m.state;
         }
-        if m.state == ServerState::Leader
-            && core.store.reader().cluster_id() == 0
-            && proposed_in_term != Some(term)
-        {
+        if m.state == ServerState::Leader && core.store.reader().cluster_id() == 0 && proposed_in_term != Some(term) {
             proposed_in_term = Some(term);
             let core = core.clone();
             tokio::spawn(async move {

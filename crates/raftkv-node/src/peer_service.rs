@@ -6,7 +6,7 @@
 //! (its incarnation changed) is refused with FAILED_PRECONDITION.
 
 use raftkv_proto::v1::raft_peer_server::RaftPeer;
-use raftkv_proto::v1::{HelloRequest, HelloResponse, RaftMessage};
+use raftkv_proto::v1::{HelloRequest, HelloResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse};
 use raftkv_store::types::Raft;
 use raftkv_store::{codec, StoreHandle};
 use serde::de::DeserializeOwned;
@@ -14,12 +14,14 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::network::{IncarnationRegistry, Sender};
+use crate::read_index::ReadIndexBatcher;
 
 pub struct PeerService {
     raft: Raft,
     me: Sender,
     store: StoreHandle,
     incarnations: IncarnationRegistry,
+    confirm: ReadIndexBatcher,
 }
 
 impl PeerService {
@@ -28,12 +30,14 @@ impl PeerService {
         me: Sender,
         store: StoreHandle,
         incarnations: IncarnationRegistry,
+        confirm: ReadIndexBatcher,
     ) -> Self {
         Self {
             raft,
             me,
             store,
             incarnations,
+            confirm,
         }
     }
 
@@ -43,17 +47,12 @@ impl PeerService {
             tracing::error!(peer = msg.from, "{wiped}");
             return Err(Status::failed_precondition(wiped.to_string()));
         }
-        codec::decode(&msg.payload).map_err(|e| {
-            Status::invalid_argument(format!(
-                "undecodable peer message from node {}: {e}",
-                msg.from
-            ))
-        })
+        codec::decode(&msg.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable peer message from node {}: {e}", msg.from)))
     }
 
     fn reply<T: Serialize>(&self, result: &T) -> Result<Response<RaftMessage>, Status> {
-        let payload = codec::encode(result)
-            .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+        let payload = codec::encode(result).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
         Ok(Response::new(RaftMessage {
             payload,
             from: self.me.id,
@@ -64,10 +63,7 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.admit(request)?;
         let result = self.raft.append_entries(rpc).await;
         self.reply(&result)
@@ -79,19 +75,21 @@ impl RaftPeer for PeerService {
         self.reply(&result)
     }
 
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.admit(request)?;
         let result = self.raft.install_snapshot(rpc).await;
         self.reply(&result)
     }
 
-    async fn hello(
-        &self,
-        _request: Request<HelloRequest>,
-    ) -> Result<Response<HelloResponse>, Status> {
+    async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        // Through the leader's confirmation batcher: follower requests share rounds with the
+        // leader's own reads. A node that is not the leader answers NOT_LEADER / NO_LEADER.
+        let read_index = self.confirm.read_index().await?;
+        let term = self.raft.metrics().borrow().current_term;
+        Ok(Response::new(ReadIndexResponse { read_index, term }))
+    }
+
+    async fn hello(&self, _request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
         let summary = self
             .store
             .summary()

@@ -24,7 +24,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_millis(500);
 pub enum StartupError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
-    #[error("data dir {dir} belongs to node {owner}, not node {requested}; pass --id {owner} or use another --data-dir")]
+    #[error(
+        "data dir {dir} belongs to node {owner}, not node {requested}; pass --id {owner} or use another --data-dir"
+    )]
     WrongNode {
         dir: String,
         owner: NodeId,
@@ -45,11 +47,7 @@ pub enum StartupError {
     #[error("this node's data dir is empty, but node {peer} ({addr}) already belongs to an initialized cluster (term {term}). \
              Initializing again would create a second cluster under the same ids. If this node's data was deleted, \
              remove it from the cluster and add a node with a new id; if the other nodes are leftovers of an old cluster, clean their data dirs first")]
-    ClusterAlreadyExists {
-        peer: NodeId,
-        addr: String,
-        term: u64,
-    },
+    ClusterAlreadyExists { peer: NodeId, addr: String, term: u64 },
     #[error("raft failed to start: {0}")]
     Raft(String),
 }
@@ -86,7 +84,9 @@ pub async fn bootstrap(
         return Ok(());
     }
     let Some(ic) = &config.initial_cluster else {
-        tracing::info!("data dir is pristine and no --initial-cluster was given: waiting for a leader to add this node");
+        tracing::info!(
+            "data dir is pristine and no --initial-cluster was given: waiting for a leader to add this node"
+        );
         return Ok(());
     };
     if ic.bootstrap_id() != config.id {

@@ -41,6 +41,99 @@ pub enum Command {
     /// Record the cluster's id. Applied only if no id is set yet, so a retried or duplicated
     /// proposal is harmless.
     SetClusterId { cluster_id: u64 },
+    /// Remove every key in `[start, end)` (`end` None: no upper bound).
+    DeleteRange {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        end: Option<serde_bytes::ByteBuf>,
+        prev_kv: bool,
+    },
+    /// Compare-then-act, atomically.
+    Txn(Txn),
+}
+
+/// A transaction: if every compare holds, run `success`, else `failure`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// `target(key) op operand`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub target: CompareTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The value's bytes; false for a missing key whatever the op.
+    Value(CmpOp, serde_bytes::ByteBuf),
+    /// The key's version (0 when missing).
+    Version(CmpOp, u64),
+    /// The key's create revision (0 when missing).
+    CreateRevision(CmpOp, u64),
+    /// The key's mod revision (0 when missing).
+    ModRevision(CmpOp, u64),
+    /// Whether the key exists.
+    Exists(bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+impl CmpOp {
+    pub fn holds<T: Ord + ?Sized>(self, actual: &T, expected: &T) -> bool {
+        match self {
+            CmpOp::Equal => actual == expected,
+            CmpOp::NotEqual => actual != expected,
+            CmpOp::Less => actual < expected,
+            CmpOp::Greater => actual > expected,
+        }
+    }
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        prev_kv: bool,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        prev_kv: bool,
+    },
+    DeleteRange {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        end: Option<serde_bytes::ByteBuf>,
+        prev_kv: bool,
+    },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+/// What one transaction operation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    Put { prev_kv: Option<KeyValue> },
+    Delete { deleted: u64, prev_kvs: Vec<KeyValue> },
+    Get { kv: Option<KeyValue> },
 }
 
 impl Request {
@@ -77,8 +170,16 @@ pub enum Response {
     Delete {
         revision: u64,
         deleted: u64,
-        prev_kv: Option<KeyValue>,
+        /// The deleted key-values in key order (empty unless asked for).
+        prev_kvs: Vec<KeyValue>,
     },
     /// The cluster id now in force (the earlier one if it was already set).
-    ClusterId { cluster_id: u64 },
+    ClusterId {
+        cluster_id: u64,
+    },
+    Txn {
+        revision: u64,
+        succeeded: bool,
+        results: Vec<TxnOpResult>,
+    },
 }

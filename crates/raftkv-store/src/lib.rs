@@ -83,10 +83,7 @@ impl StoreSummary {
 
     /// Whether nothing at all has been stored yet.
     pub fn is_pristine(&self) -> bool {
-        !self.has_raft_state()
-            && self.last_applied_index == 0
-            && !self.has_snapshot
-            && !self.has_user_data
+        !self.has_raft_state() && self.last_applied_index == 0 && !self.has_snapshot && !self.has_user_data
     }
 }
 

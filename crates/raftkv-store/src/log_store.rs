@@ -42,11 +42,7 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn io_err<E: std::error::Error + 'static>(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: &E,
-) -> StorageError {
+fn io_err<E: std::error::Error + 'static>(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &E) -> StorageError {
     StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
 }
 
@@ -90,8 +86,7 @@ impl LogStore {
         value: &T,
         subject: ErrorSubject<u64>,
     ) -> Result<(), StorageError> {
-        let bytes =
-            codec::encode(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
+        let bytes = codec::encode(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
         self.meta
             .insert(key, bytes)
             .map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
@@ -202,11 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -217,9 +208,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         // Readable on return...
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| write_logs_err(&e))?;
+        self.log.apply_batch(batch).map_err(|e| write_logs_err(&e))?;
         // ...durable before openraft is told so.
         match self.db.flush_async().await {
             Ok(_) => {
@@ -241,9 +230,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(|e| read_logs_err(&e))?;
             batch.remove(key);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| write_logs_err(&e))?;
+        self.log.apply_batch(batch).map_err(|e| write_logs_err(&e))?;
         self.fsync(ErrorSubject::Logs).await
     }
 
@@ -258,9 +245,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(|e| read_logs_err(&e))?;
             batch.remove(key);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| write_logs_err(&e))?;
+        self.log.apply_batch(batch).map_err(|e| write_logs_err(&e))?;
         Ok(())
     }
 }

@@ -22,7 +22,7 @@
 //! machine lost. What must never happen is purging log entries the state machine has not made
 //! durable; so a snapshot (after which openraft purges) is only published after an fsync.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,12 +33,10 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Stora
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::command::{Command, KeyValue, Response};
+use crate::command::{Command, Compare, CompareTarget, KeyValue, Response, TxnOp, TxnOpResult};
 use crate::error::StoreError;
 use crate::snapshot::{Record, SnapshotFiles, SnapshotPayload};
-use crate::types::{
-    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const CONTROL_TREE: &str = "sm_control";
 const STATE_TREE_PREFIX: &str = "sm_state.";
@@ -87,12 +85,7 @@ fn sm_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageErro
 }
 
 fn snapshot_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::Snapshot(None),
-        verb,
-        openraft::AnyError::new(e),
-    )
-    .into()
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(e)).into()
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None` when no such key
@@ -130,6 +123,8 @@ pub struct RangeResult {
     pub more: bool,
     /// With `count_only`, the number of matching keys; otherwise the number of `kvs`.
     pub count: u64,
+    /// The applied index the whole result was read at.
+    pub revision: u64,
 }
 
 struct StateTree {
@@ -189,16 +184,19 @@ impl StateReader {
             Some(end) => Bound::Excluded(data_key(end)),
             None => Bound::Excluded(vec![DATA_PREFIX + 1]),
         };
+        // The read lock keeps applies out for the whole scan: one consistent revision.
         let state = self.shared.state();
-        let iter = state
-            .tree
-            .range::<Vec<u8>, _>((Bound::Included(start), end));
+        let revision = self.applied_index();
+        let iter = state.tree.range::<Vec<u8>, _>((Bound::Included(start), end));
         let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if q.reverse {
             Box::new(iter.rev())
         } else {
             Box::new(iter)
         };
-        let mut out = RangeResult::default();
+        let mut out = RangeResult {
+            revision,
+            ..Default::default()
+        };
         let mut bytes = 0usize;
         for item in iter {
             let (k, v) = item?;
@@ -234,12 +232,7 @@ impl StateReader {
     /// Whether the state holds any user key (for start-up consistency checks).
     pub fn has_user_data(&self) -> Result<bool, StoreError> {
         let state = self.shared.state();
-        Ok(state
-            .tree
-            .scan_prefix([DATA_PREFIX])
-            .next()
-            .transpose()?
-            .is_some())
+        Ok(state.tree.scan_prefix([DATA_PREFIX]).next().transpose()?.is_some())
     }
 
     /// Every user key-value in key order (for tests and consistency checks; O(n) memory).
@@ -310,10 +303,7 @@ impl StateMachineStore {
     }
 }
 
-fn read_record<T: serde::de::DeserializeOwned>(
-    tree: &sled::Tree,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
+fn read_record<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
     match tree.get(key)? {
         None => Ok(None),
         Some(b) => Ok(Some(codec::decode(&b)?)),
@@ -321,12 +311,17 @@ fn read_record<T: serde::de::DeserializeOwned>(
 }
 
 /// Applies the commands of one `apply` call into a single atomic batch, reading through the
-/// writes made earlier in the same batch.
+/// writes made earlier in the same batch (so later entries, and later operations of a
+/// transaction, see earlier ones).
 struct BatchApplier<'a> {
     tree: &'a sled::Tree,
     batch: sled::Batch,
-    overlay: HashMap<Vec<u8>, Option<StoredValue>>,
+    overlay: BTreeMap<Vec<u8>, Option<StoredValue>>,
     cluster_id: Option<u64>,
+}
+
+fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
+    sm_err(ErrorVerb::Read, &e)
 }
 
 impl<'a> BatchApplier<'a> {
@@ -334,7 +329,7 @@ impl<'a> BatchApplier<'a> {
         Self {
             tree,
             batch: sled::Batch::default(),
-            overlay: HashMap::new(),
+            overlay: BTreeMap::new(),
             cluster_id: None,
         }
     }
@@ -343,15 +338,9 @@ impl<'a> BatchApplier<'a> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
-        match self
-            .tree
-            .get(data_key(key))
-            .map_err(|e| sm_err(ErrorVerb::Read, &e))?
-        {
+        match self.tree.get(data_key(key)).map_err(read_err)? {
             None => Ok(None),
-            Some(b) => codec::decode(&b)
-                .map(Some)
-                .map_err(|e| sm_err(ErrorVerb::Read, &e)),
+            Some(b) => codec::decode(&b).map(Some).map_err(read_err),
         }
     }
 
@@ -367,63 +356,171 @@ impl<'a> BatchApplier<'a> {
         Ok(())
     }
 
+    /// The keys that currently exist in `[start, end)`, in order.
+    fn keys_in_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<Vec<u8>>, StorageError> {
+        let upper = match end {
+            Some(e) => Bound::Excluded(data_key(e)),
+            None => Bound::Excluded(vec![DATA_PREFIX + 1]),
+        };
+        let mut keys = BTreeSet::new();
+        for item in self.tree.range::<Vec<u8>, _>((Bound::Included(data_key(start)), upper)) {
+            let (k, _) = item.map_err(read_err)?;
+            keys.insert(k[1..].to_vec());
+        }
+        let overlay_upper = match end {
+            Some(e) => Bound::Excluded(e.to_vec()),
+            None => Bound::Unbounded,
+        };
+        for (k, v) in self
+            .overlay
+            .range::<Vec<u8>, _>((Bound::Included(start.to_vec()), overlay_upper))
+        {
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    fn put(&mut self, revision: u64, key: Vec<u8>, value: Vec<u8>) -> Result<Option<KeyValue>, StorageError> {
+        let prev = self.current(&key)?;
+        let next = StoredValue {
+            value,
+            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+        };
+        self.set(key.clone(), Some(next))?;
+        Ok(prev.map(|p| p.into_key_value(key)))
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> Result<Option<KeyValue>, StorageError> {
+        let prev = self.current(&key)?;
+        if prev.is_some() {
+            self.set(key.clone(), None)?;
+        }
+        Ok(prev.map(|p| p.into_key_value(key)))
+    }
+
+    fn delete_range(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        want_prev: bool,
+    ) -> Result<(u64, Vec<KeyValue>), StorageError> {
+        let mut prev_kvs = Vec::new();
+        let mut deleted = 0;
+        for key in self.keys_in_range(start, end)? {
+            if let Some(kv) = self.delete(key)? {
+                deleted += 1;
+                if want_prev {
+                    prev_kvs.push(kv);
+                }
+            }
+        }
+        Ok((deleted, prev_kvs))
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        Ok(self.current(key)?.map(|v| v.into_key_value(key.to_vec())))
+    }
+
+    fn compare_holds(&self, c: &Compare) -> Result<bool, StorageError> {
+        let current = self.current(&c.key)?;
+        let number = |f: fn(&StoredValue) -> u64| current.as_ref().map_or(0, f);
+        Ok(match &c.target {
+            CompareTarget::Value(op, expected) => match &current {
+                Some(v) => op.holds(v.value.as_slice(), expected.as_slice()),
+                None => false,
+            },
+            CompareTarget::Version(op, n) => op.holds(&number(|v| v.version), n),
+            CompareTarget::CreateRevision(op, n) => op.holds(&number(|v| v.create_revision), n),
+            CompareTarget::ModRevision(op, n) => op.holds(&number(|v| v.mod_revision), n),
+            CompareTarget::Exists(expected) => current.is_some() == *expected,
+        })
+    }
+
+    fn txn_op(&mut self, revision: u64, op: TxnOp) -> Result<TxnOpResult, StorageError> {
+        Ok(match op {
+            TxnOp::Put { key, value, prev_kv } => {
+                let prev = self.put(revision, key, value)?;
+                TxnOpResult::Put {
+                    prev_kv: prev.filter(|_| prev_kv),
+                }
+            }
+            TxnOp::Delete { key, prev_kv } => {
+                let prev = self.delete(key)?;
+                TxnOpResult::Delete {
+                    deleted: u64::from(prev.is_some()),
+                    prev_kvs: prev.filter(|_| prev_kv).into_iter().collect(),
+                }
+            }
+            TxnOp::DeleteRange { start, end, prev_kv } => {
+                let (deleted, prev_kvs) = self.delete_range(&start, end.as_deref().map(|e| e.as_slice()), prev_kv)?;
+                TxnOpResult::Delete { deleted, prev_kvs }
+            }
+            TxnOp::Get { key } => TxnOpResult::Get { kv: self.get(&key)? },
+        })
+    }
+
     fn apply(&mut self, revision: u64, command: Command) -> Result<Response, StorageError> {
         match command {
-            Command::Put {
-                key,
-                value,
-                prev_kv,
-            } => {
-                let prev = self.current(&key)?;
-                let next = StoredValue {
-                    value,
-                    create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
-                    mod_revision: revision,
-                    version: prev.as_ref().map_or(1, |p| p.version + 1),
-                };
-                self.set(key.clone(), Some(next))?;
+            Command::Put { key, value, prev_kv } => {
+                let prev = self.put(revision, key, value)?;
                 Ok(Response::Put {
                     revision,
-                    prev_kv: if prev_kv {
-                        prev.map(|p| p.into_key_value(key))
-                    } else {
-                        None
-                    },
+                    prev_kv: prev.filter(|_| prev_kv),
                 })
             }
             Command::Delete { key, prev_kv } => {
-                let prev = self.current(&key)?;
-                let deleted = u64::from(prev.is_some());
-                if prev.is_some() {
-                    self.set(key.clone(), None)?;
-                }
+                let prev = self.delete(key)?;
+                Ok(Response::Delete {
+                    revision,
+                    deleted: u64::from(prev.is_some()),
+                    prev_kvs: prev.filter(|_| prev_kv).into_iter().collect(),
+                })
+            }
+            Command::DeleteRange { start, end, prev_kv } => {
+                let (deleted, prev_kvs) = self.delete_range(&start, end.as_deref().map(|e| e.as_slice()), prev_kv)?;
                 Ok(Response::Delete {
                     revision,
                     deleted,
-                    prev_kv: if prev_kv {
-                        prev.map(|p| p.into_key_value(key))
-                    } else {
-                        None
-                    },
+                    prev_kvs,
+                })
+            }
+            Command::Txn(txn) => {
+                let mut succeeded = true;
+                for c in &txn.compares {
+                    if !self.compare_holds(c)? {
+                        succeeded = false;
+                        break;
+                    }
+                }
+                let ops = if succeeded { txn.success } else { txn.failure };
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops {
+                    results.push(self.txn_op(revision, op)?);
+                }
+                Ok(Response::Txn {
+                    revision,
+                    succeeded,
+                    results,
                 })
             }
             Command::SetClusterId { cluster_id } => {
                 let current = match self.cluster_id {
                     Some(id) => id,
-                    None => read_record(self.tree, KEY_CLUSTER_ID)
-                        .map_err(|e| sm_err(ErrorVerb::Read, &e))?
-                        .unwrap_or(0),
+                    None => read_record(self.tree, KEY_CLUSTER_ID).map_err(read_err)?.unwrap_or(0),
                 };
                 let effective = if current == 0 { cluster_id } else { current };
                 if current == 0 {
-                    let bytes =
-                        codec::encode(&effective).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+                    let bytes = codec::encode(&effective).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
                     self.batch.insert(KEY_CLUSTER_ID, bytes);
                 }
                 self.cluster_id = Some(effective);
-                Ok(Response::ClusterId {
-                    cluster_id: effective,
-                })
+                Ok(Response::ClusterId { cluster_id: effective })
             }
         }
     }
@@ -478,14 +575,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(m) = &membership {
             batch.insert(KEY_MEMBERSHIP, codec::encode(m).map_err(encode_err)?);
         }
-        tree.apply_batch(batch)
-            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-        if let Some(id) = applier.cluster_id {
-            self.shared.cluster_id.store(id, Ordering::Release);
+        let cluster_id = applier.cluster_id;
+        {
+            // Exclusive while the batch lands, so a reader holding the lock (a Range) sees the
+            // state of exactly one applied index, and that index with it.
+            let _exclusive = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+            tree.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            if let Some(id) = cluster_id {
+                self.shared.cluster_id.store(id, Ordering::Release);
+            }
+            self.shared.applied_index.store(last_applied.index, Ordering::Release);
         }
-        self.shared
-            .applied_index
-            .store(last_applied.index, Ordering::Release);
         Ok(responses)
     }
 
@@ -511,8 +611,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installing snapshot");
         let data = snapshot.into_inner();
-        let payload: SnapshotPayload =
-            codec::decode(&data).map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
+        let payload: SnapshotPayload = codec::decode(&data).map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
 
         // 1. The snapshot file first: once the state says "applied up to N", a snapshot covering
         //    N must exist for replication to lagging followers.
@@ -541,10 +640,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             batch.insert(k, v);
         }
         let encode_err = |e: codec::CodecError| sm_err(ErrorVerb::Write, &e);
-        batch.insert(
-            KEY_LAST_APPLIED,
-            codec::encode(&meta.last_log_id).map_err(encode_err)?,
-        );
+        batch.insert(KEY_LAST_APPLIED, codec::encode(&meta.last_log_id).map_err(encode_err)?);
         batch.insert(
             KEY_MEMBERSHIP,
             codec::encode(&meta.last_membership).map_err(encode_err)?,
@@ -634,10 +730,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
         };
         // The state machine must be durable up to the snapshot before openraft purges the log
         // behind it.
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        self.db.flush_async().await.map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         let data = codec::encode(&SnapshotPayload {
             records: collected.records,
         })

@@ -77,12 +77,7 @@ async fn applied_state_and_revisions_survive_reopen() {
     assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
     let a = store.handle.reader().get(b"a").unwrap().expect("a exists");
     assert_eq!(
-        (
-            a.value.as_slice(),
-            a.create_revision,
-            a.mod_revision,
-            a.version
-        ),
+        (a.value.as_slice(), a.create_revision, a.mod_revision, a.version),
         (&b"2"[..], 2, 3, 2)
     );
     assert_eq!(store.handle.reader().applied_index(), 4);
@@ -97,11 +92,7 @@ async fn snapshot_install_replaces_state_wholesale() {
     let mut follower = raftkv_store::open(follower_dir.path(), &StoreConfig::default()).unwrap();
     leader
         .state_machine
-        .apply(vec![
-            membership_entry(1, 1),
-            put(1, 2, "a", "new"),
-            put(1, 3, "b", "b"),
-        ])
+        .apply(vec![membership_entry(1, 1), put(1, 2, "a", "new"), put(1, 3, "b", "b")])
         .await
         .unwrap();
     follower
@@ -129,12 +120,7 @@ async fn snapshot_install_replaces_state_wholesale() {
             .dump()
             .unwrap()
             .into_iter()
-            .map(|kv| {
-                (
-                    String::from_utf8(kv.key).unwrap(),
-                    String::from_utf8(kv.value).unwrap(),
-                )
-            })
+            .map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap()))
             .collect::<Vec<_>>()
     };
     assert_eq!(dump(&follower), dump(&leader));

@@ -94,10 +94,7 @@ async fn range_orders_limits_and_reverses() {
             ..Default::default()
         })
         .unwrap();
-    assert!(bare
-        .kvs
-        .iter()
-        .all(|kv| kv.value.is_empty() && kv.version == 1));
+    assert!(bare.kvs.iter().all(|kv| kv.value.is_empty() && kv.version == 1));
 }
 
 #[tokio::test]
@@ -117,10 +114,6 @@ async fn range_pages_by_bytes_but_always_returns_one() {
     assert_eq!(keys(&page), ["c"], "huge does not fit after c");
     assert!(page.more);
     let page = reader.range(&budget("huge")).unwrap();
-    assert_eq!(
-        keys(&page),
-        ["huge"],
-        "a key-value over the budget still comes alone"
-    );
+    assert_eq!(keys(&page), ["huge"], "a key-value over the budget still comes alone");
     assert!(!page.more);
 }
