@@ -157,3 +157,40 @@ fn an_unreachable_cluster_exits_3() {
     assert_eq!(out.code, 3);
     assert!(out.stdout.contains("unreachable"), "{}", out.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_throughput_and_latency_as_json() -> anyhow::Result<()> {
+    let cluster = ProcessCluster::start(3)?;
+    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await?;
+    let ep = [1, 2, 3].map(|id| cluster.client_addr(id)).join(",");
+    for (workload, extra) in [
+        ("put", vec![]),
+        ("get", vec!["--consistency", "stale"]),
+        ("mixed", vec!["--target", "leader"]),
+    ] {
+        let mut args = vec![
+            "bench",
+            workload,
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--clients",
+            "8",
+            "--keys",
+            "50",
+            "-o",
+            "json",
+        ];
+        args.extend(extra);
+        let out = raftkv(&ep, &args);
+        assert_eq!(out.code, 0, "{workload}: {}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        assert_eq!(v["workload"], workload);
+        assert!(v["ops"].as_u64().unwrap_or(0) > 0, "{workload}: {v}");
+        assert!(v["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0);
+        assert!(v["latency_ms"]["p50"].as_f64().unwrap() <= v["latency_ms"]["p99"].as_f64().unwrap());
+        assert_eq!(v["errors"], serde_json::json!({}), "{workload}: {v}");
+    }
+    Ok(())
+}

@@ -105,6 +105,8 @@ pub enum Command {
         #[arg(long = "else", value_name = "OP")]
         else_ops: Vec<String>,
     },
+    /// Load the cluster and report throughput and latency (see `raftkv bench --help`).
+    Bench(crate::bench::BenchArgs),
     /// List keys: a prefix, or [START, END) (END omitted: to the last key).
     Range(RangeArgs),
     /// Cluster administration.

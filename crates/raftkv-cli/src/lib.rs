@@ -1,5 +1,6 @@
 //! raftkv-cli: the `raftkv` command-line tool — data commands (`put`, `get`, `del`, `range`,
-//! `cas`, `txn`) and cluster administration (`cluster status`, `cluster leader`).
+//! `cas`, `txn`), cluster administration (`cluster status`, `cluster leader`) and a load
+//! generator (`bench`).
 //!
 //! Exit codes, for scripts: 0 success; 1 key not found, or a compare that did not hold (`cas`,
 //! `txn`, `put --if-absent`); 2 usage error or invalid argument; 3 cluster unavailable or
@@ -9,6 +10,7 @@
 //! [`output`] (text and JSON rendering), and this file, which runs a command.
 
 pub mod args;
+pub mod bench;
 pub mod output;
 pub mod txn_syntax;
 
@@ -35,7 +37,15 @@ pub const EXIT_SERVER_ERROR: u8 = 4;
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // One thread is plenty for a single command; the load generator gets two.
+    let runtime = match &cli.command {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("raftkv: cannot start the async runtime: {e}");
@@ -213,6 +223,11 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(e),
             }
         }
+        Command::Bench(args) => match bench::run(&args, &cli.endpoints, cli.timeout.0).await {
+            Ok(report) if json => print(&report.json()),
+            Ok(report) => print(&report.text()),
+            Err(e) => fail(e),
+        },
         Command::Range(r) => {
             let req: RangeRequest = match r.to_request() {
                 Ok(req) => req,
