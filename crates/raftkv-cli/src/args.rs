@@ -10,13 +10,23 @@ use raftkv_client::DEFAULT_ENDPOINTS;
 #[derive(Debug, Parser)]
 #[command(name = "raftkv", version, about, long_about = None)]
 pub struct Cli {
-    /// Client addresses of the nodes, comma-separated.
+    /// Client addresses of the nodes, comma-separated; each may carry a read weight or be a
+    /// backup used only when no other node is usable: `a:7001=3,b:7002,c:7003=backup`.
     #[arg(long, global = true, env = "RAFTKV_ENDPOINTS", default_value = DEFAULT_ENDPOINTS)]
     pub endpoints: String,
 
     /// Deadline for the whole command, retries included (e.g. 500ms, 5s, 1m).
     #[arg(long, global = true, env = "RAFTKV_TIMEOUT", default_value = "5s")]
     pub timeout: DurationArg,
+
+    /// Most attempts per call (retries are spaced by exponential backoff with jitter).
+    #[arg(long, global = true, env = "RAFTKV_RETRIES", default_value_t = 10)]
+    pub retries: u32,
+
+    /// When a linearizable read cannot get an answer from a quorum in time, print a stale read
+    /// instead of failing (a warning on stderr says so; `-o json` has "degraded": true).
+    #[arg(long, global = true, env = "RAFTKV_ALLOW_DEGRADED")]
+    pub allow_degraded: bool,
 
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]

@@ -115,14 +115,14 @@ pub async fn run(args: &BenchArgs, endpoints: &str, timeout: Duration) -> Result
             "--clients, --connections and --keys must be at least 1".into(),
         ));
     }
-    let mut config = ClientConfig::from_list(endpoints);
+    let mut config = ClientConfig::parse(endpoints)?;
     config.timeout = timeout;
     let probe = Client::new(config.clone())?;
     if args.target == Target::Leader {
         let reports = probe.cluster_status().await;
         let (_, addr) =
             crate::output::leader(&reports).ok_or_else(|| ClientError::Unavailable("no leader to target".into()))?;
-        config.endpoints = vec![addr];
+        config.endpoints = vec![raftkv_client::EndpointSpec::new(addr)];
     }
     let clients: Vec<Client> = (0..args.connections)
         .map(|_| Client::new(config.clone()))

@@ -18,10 +18,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use raftkv_client::pb::{
-    txn_op_response, Consistency, DeleteRequest, PutRequest, RangeRequest, TxnRequest, TxnResponse,
-};
-use raftkv_client::{Client, ClientConfig, ClientError};
+use raftkv_client::pb::{txn_op_response, DeleteRequest, PutRequest, RangeRequest, TxnRequest, TxnResponse};
+use raftkv_client::{Client, ClientConfig, ClientError, ReadOptions};
 
 use crate::args::{Cli, ClusterCommand, Command, OutputFormat};
 
@@ -99,8 +97,12 @@ fn current_value(r: &TxnResponse) -> Option<&[u8]> {
 
 /// Runs one parsed command and returns its exit code.
 pub async fn run(cli: Cli) -> u8 {
-    let mut config = ClientConfig::from_list(&cli.endpoints);
+    let mut config = match ClientConfig::parse(&cli.endpoints) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     config.timeout = cli.timeout.0;
+    config.retry.max_attempts = cli.retries;
     let client = match Client::new(config) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -139,23 +141,31 @@ pub async fn run(cli: Cli) -> u8 {
             Err(e) => fail(e),
         },
         Command::Get { key, consistency } => {
-            let consistency: Consistency = consistency.into();
-            match client.get_with(key.into_bytes(), consistency, None).await {
-                Ok(r) if json => {
-                    print(&output::get_json(&r));
-                    if r.kv.is_none() {
-                        EXIT_NOT_FOUND
-                    } else {
-                        0
+            let opts = ReadOptions {
+                consistency: consistency.into(),
+                timeout: None,
+                allow_degraded: cli.allow_degraded,
+            };
+            match client.get_opts(key.into_bytes(), opts).await {
+                Ok(read) => {
+                    if read.degraded {
+                        warn_degraded(read.response.header.as_ref());
+                    }
+                    let r = read.response;
+                    if json {
+                        print(&output::get_json(&r, read.degraded));
+                    }
+                    match &r.kv {
+                        Some(_) if json => 0,
+                        Some(kv) => print_bytes(&kv.value),
+                        None => {
+                            if !json {
+                                eprintln!("raftkv: key not found");
+                            }
+                            EXIT_NOT_FOUND
+                        }
                     }
                 }
-                Ok(r) => match &r.kv {
-                    Some(kv) => print_bytes(&kv.value),
-                    None => {
-                        eprintln!("raftkv: key not found");
-                        EXIT_NOT_FOUND
-                    }
-                },
                 Err(e) => fail(e),
             }
         }
@@ -234,9 +244,20 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(msg) => return usage(msg),
             };
             let (count_only, keys_only) = (req.count_only, req.keys_only);
-            match client.range(req, None).await {
-                Ok(resp) if json => print(&output::range_json(&resp)),
-                Ok(resp) => {
+            let opts = ReadOptions {
+                consistency: r.consistency.into(),
+                timeout: None,
+                allow_degraded: cli.allow_degraded,
+            };
+            match client.range_opts(req, opts).await {
+                Ok(read) => {
+                    if read.degraded {
+                        warn_degraded(read.response.header.as_ref());
+                    }
+                    let resp = read.response;
+                    if json {
+                        return print(&output::range_json(&resp, read.degraded));
+                    }
                     if resp.more {
                         eprintln!(
                             "raftkv: more keys match; continue from {:?} (as START, or as END with --reverse)",
@@ -278,6 +299,16 @@ pub async fn run(cli: Cli) -> u8 {
                 EXIT_UNAVAILABLE
             }
         }
+    }
+}
+
+fn warn_degraded(header: Option<&raftkv_client::pb::ResponseHeader>) {
+    match header {
+        Some(h) => eprintln!(
+            "raftkv: degraded: no quorum answered in time; this is a STALE read from node {} at revision {}",
+            h.node_id, h.revision
+        ),
+        None => eprintln!("raftkv: degraded: no quorum answered in time; this is a STALE read"),
     }
 }
 

@@ -62,13 +62,14 @@ pub fn put_json(r: &PutResponse) -> String {
     }))
 }
 
-pub fn get_json(r: &GetResponse) -> String {
+pub fn get_json(r: &GetResponse, degraded: bool) -> String {
     let mut v = match &r.kv {
         Some(kv) => kv_json(kv, true),
         None => json!({}),
     };
     if let Value::Object(obj) = &mut v {
         obj.insert("found".into(), r.kv.is_some().into());
+        obj.insert("degraded".into(), degraded.into());
         obj.insert("header".into(), header_json(&r.header));
     }
     to_line(v)
@@ -137,8 +138,9 @@ pub fn txn_text(r: &TxnResponse) -> String {
     out
 }
 
-pub fn range_json(r: &RangeResponse) -> String {
+pub fn range_json(r: &RangeResponse, degraded: bool) -> String {
     to_line(json!({
+        "degraded": degraded,
         "kvs": r.kvs.iter().map(|kv| kv_json(kv, true)).collect::<Vec<_>>(),
         "more": r.more,
         "count": r.count,
@@ -218,24 +220,35 @@ pub fn leader(reports: &[NodeReport]) -> Option<(u64, String)> {
         .map(|(s, addr)| (s.id, addr.clone()))
 }
 
+fn latency_text(d: Option<std::time::Duration>) -> String {
+    d.map_or("-".to_string(), |d| format!("{:.1}ms", d.as_secs_f64() * 1000.0))
+}
+
+/// The client's breaker state for a node (`-` when it is not one of the client's endpoints).
+fn breaker_text(r: &NodeReport) -> String {
+    r.endpoint.as_ref().map_or("-".to_string(), |e| e.breaker.to_string())
+}
+
 pub fn status_table(reports: &[NodeReport]) -> String {
-    let mut rows = vec![[
-        "NODE".to_string(),
-        "ADDRESS".into(),
-        "ROLE".into(),
-        "TERM".into(),
-        "LEADER".into(),
-        "APPLIED".into(),
-        "COMMITTED".into(),
-        "DB SIZE".into(),
-    ]];
+    const COLUMNS: [&str; 10] = [
+        "NODE",
+        "ADDRESS",
+        "ROLE",
+        "TERM",
+        "LEADER",
+        "APPLIED",
+        "COMMITTED",
+        "DB SIZE",
+        "LATENCY",
+        "BREAKER",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![COLUMNS.iter().map(|c| c.to_string()).collect()];
     for r in reports {
         let id = r.id.map_or("?".to_string(), |i| i.to_string());
-        rows.push(match &r.status {
-            Ok(s) => [
-                id,
-                r.addr.clone(),
-                role_name(s.role).into(),
+        let mut row = vec![id, r.addr.clone()];
+        match &r.status {
+            Ok(s) => row.extend([
+                role_name(s.role).to_string(),
                 s.term.to_string(),
                 if s.leader_id == 0 {
                     "-".into()
@@ -245,20 +258,17 @@ pub fn status_table(reports: &[NodeReport]) -> String {
                 s.applied_index.to_string(),
                 s.committed_index.to_string(),
                 human_bytes(s.db_size_bytes),
-            ],
-            Err(_) => [
-                id,
-                r.addr.clone(),
-                "unreachable".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ],
-        });
+            ]),
+            Err(_) => {
+                row.push("unreachable".into());
+                row.extend(std::iter::repeat_n("-".to_string(), 5));
+            }
+        }
+        row.push(latency_text(r.latency));
+        row.push(breaker_text(r));
+        rows.push(row);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..COLUMNS.len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -296,6 +306,8 @@ pub fn status_json(reports: &[NodeReport]) -> String {
             Ok(s) => json!({
                 "id": s.id,
                 "addr": r.addr,
+                "latency_ms": r.latency.map(|d| d.as_secs_f64() * 1000.0),
+                "breaker": r.endpoint.as_ref().map(|e| e.breaker),
                 "role": role_name(s.role),
                 "term": s.term,
                 "leader": s.leader_id,
@@ -312,6 +324,7 @@ pub fn status_json(reports: &[NodeReport]) -> String {
                 "addr": r.addr,
                 "role": "unreachable",
                 "error": e,
+                "breaker": r.endpoint.as_ref().map(|e| e.breaker),
             }),
         })
         .collect();
@@ -342,6 +355,8 @@ mod tests {
         NodeReport {
             id: Some(id),
             addr: format!("127.0.0.1:700{id}"),
+            latency: Some(std::time::Duration::from_micros(1500)),
+            endpoint: None,
             status: Ok(StatusResponse {
                 id,
                 role: role as i32,
@@ -364,6 +379,8 @@ mod tests {
                 id: Some(3),
                 addr: "127.0.0.1:7003".into(),
                 status: Err("connection refused".into()),
+                latency: None,
+                endpoint: None,
             },
         ];
         let v: Value = serde_json::from_str(&status_json(&reports)).unwrap();
@@ -378,6 +395,8 @@ mod tests {
         assert!(table.contains("leader: node 1; voters up 2/3 (quorum 2)"), "{table}");
         assert!(table.contains("unreachable"), "{table}");
         assert!(table.contains("3.0 MiB"), "{table}");
+        assert!(table.contains("1.5ms"), "{table}");
+        assert_eq!(v["nodes"][0]["latency_ms"], 1.5);
     }
 
     #[test]

@@ -1,14 +1,20 @@
-//! `Client`: a raftkv client over a list of endpoints.
+//! `Client`: a raftkv client over a list of endpoints, carrying the fault-tolerance toolkit.
 //!
 //! Every call has a deadline ([`ClientConfig::timeout`] unless overridden), sent to the server
-//! as the gRPC timeout and enforced locally. Within it the client:
+//! as the gRPC timeout and enforced locally; each attempt within it has its own, shorter,
+//! timeout ([`ClientConfig::attempt_timeout`]) so a frozen node cannot eat the whole deadline.
+//! Within the deadline the client:
 //! - sends writes to the leader it knows of, following `raftkv-leader-addr` hints, and finds
 //!   the leader by asking every endpoint's Status when it has no hint;
-//! - spreads reads (linearizable or stale) over the endpoints in turn: any node can serve them;
-//! - retries what certainly did not happen (not the leader, no leader, connection refused)
-//!   with exponential backoff and jitter, on the next candidate endpoint;
-//! - never retries a write whose outcome is unknown: it returns
-//!   [`ClientError::Indeterminate`] instead.
+//! - spreads reads (linearizable or stale) over the endpoints by smooth weighted round robin,
+//!   skipping endpoints whose circuit breaker is open and using backups only when no primary
+//!   is usable;
+//! - numbers its writes (client id, seq) so a retried write applies once: with that, every
+//!   write can be retried; without it (`exactly_once = false`) a write whose outcome is unknown
+//!   is returned as [`ClientError::Indeterminate`] at once;
+//! - retries with exponential backoff and full jitter, up to `retry.max_attempts`;
+//! - can fall back to a stale read, clearly marked, when a linearizable one cannot be had
+//!   ([`ReadOptions::allow_degraded`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,68 +29,27 @@ use raftkv_proto::v1::{
 };
 use raftkv_proto::{error_kind, metadata};
 use tokio::time::Instant;
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::balancer::SmoothWeightedRoundRobin;
+use crate::breaker::CircuitBreaker;
+use crate::config::{ClientConfig, EndpointSpec};
 use crate::error::ClientError;
-use crate::retry::{Backoff, BackoffPolicy};
+use crate::retry::Backoff;
+use crate::session::{SeqTicket, WriteSequence};
 use crate::txn;
 
-/// The client's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientConfig {
-    /// Client API addresses (`host:port`) of some or all nodes.
-    pub endpoints: Vec<String>,
-    /// Deadline of each call, retries included.
-    pub timeout: Duration,
-    /// How long opening a connection to one endpoint may take.
-    pub connect_timeout: Duration,
-    /// Delays between retries.
-    pub backoff: BackoffPolicy,
+/// Largest reply the client accepts (the server keeps Range replies near 3 MiB; a Get of a
+/// maximal value is 1 MiB).
+const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+fn kv_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES)
 }
 
-/// The local three-node cluster started by `scripts/cluster.sh up`.
-pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
-
-impl ClientConfig {
-    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(1),
-            backoff: BackoffPolicy::default(),
-        }
-    }
-
-    /// Parses a comma-separated endpoint list such as [`DEFAULT_ENDPOINTS`].
-    pub fn from_list(list: &str) -> Self {
-        Self::new(
-            list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-        )
-    }
-
-    pub fn validate(&self) -> Result<(), ClientError> {
-        if self.endpoints.is_empty() {
-            return Err(ClientError::Config("no endpoints given".into()));
-        }
-        for e in &self.endpoints {
-            if e.contains("://") || !e.contains(':') {
-                return Err(ClientError::Config(format!(
-                    "endpoint {e:?} is not HOST:PORT (e.g. 127.0.0.1:7001)"
-                )));
-            }
-        }
-        if self.timeout.is_zero() {
-            return Err(ClientError::Config("timeout must be positive".into()));
-        }
-        Ok(())
-    }
-}
-
-/// What the client knows of one node, as `Client::cluster_status` reports it.
+/// What the client knows of one node, as [`Client::cluster_status`] reports it.
 #[derive(Debug, Clone)]
 pub struct NodeReport {
     /// The node's id, when it answered or is listed in the membership.
@@ -93,28 +58,63 @@ pub struct NodeReport {
     pub addr: String,
     /// Its status, or why it could not be had.
     pub status: Result<StatusResponse, String>,
+    /// How long the Status call took.
+    pub latency: Option<Duration>,
+    /// The client's view of the endpoint (breaker, counters), if it is one of its endpoints.
+    pub endpoint: Option<EndpointReport>,
+}
+
+/// The client's view of one endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointReport {
+    pub addr: String,
+    pub weight: u32,
+    pub backup: bool,
+    /// `closed`, `open` or `half-open`.
+    pub breaker: &'static str,
+    /// How many times the breaker changed state.
+    pub breaker_transitions: u64,
+    /// Attempts sent, and those that failed at the transport level or timed out.
+    pub calls: u64,
+    pub failures: u64,
+    /// Moving average of successful attempts' latency.
+    pub latency: Option<Duration>,
+}
+
+/// How a read is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub consistency: Consistency,
+    /// Overrides the configured deadline.
+    pub timeout: Option<Duration>,
+    /// When a linearizable read cannot be had in time (no quorum, no leader), answer with a
+    /// stale read instead of an error, marked `degraded`. Off by default.
+    pub allow_degraded: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            consistency: Consistency::Linearizable,
+            timeout: None,
+            allow_degraded: false,
+        }
+    }
+}
+
+/// A read's answer, and whether it is a degraded (stale) substitute for a linearizable read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read<T> {
+    pub response: T,
+    /// True when a linearizable read was asked for but this answer is a stale read; its
+    /// header's `revision` and `node_id` tell how fresh it is and who gave it.
+    pub degraded: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CallKind {
     Write,
-    LinearizableRead,
-    StaleRead,
-}
-
-impl CallKind {
-    fn for_read(consistency: Consistency) -> Self {
-        match consistency {
-            Consistency::Stale => Self::StaleRead,
-            Consistency::Linearizable | Consistency::Unspecified => Self::LinearizableRead,
-        }
-    }
-
-    /// Writes go to the leader; reads of either kind are served by any node (a follower gets a
-    /// read index from the leader for a linearizable read), so they are spread over endpoints.
-    fn wants_leader(self) -> bool {
-        matches!(self, Self::Write)
-    }
+    Read,
 }
 
 /// How one failed attempt bears on the call.
@@ -140,30 +140,6 @@ fn is_connect_error(status: &Status) -> bool {
     false
 }
 
-fn classify(status: &Status) -> Failure {
-    let md = status.metadata();
-    let kind = md.get(metadata::ERROR_KIND).and_then(|v| v.to_str().ok());
-    let message = format!("{}: {}", describe_code(status.code()), status.message());
-    match kind {
-        Some(error_kind::NOT_LEADER) => match md.get(metadata::LEADER_ADDR).and_then(|v| v.to_str().ok()) {
-            Some(addr) => Failure::Redirect {
-                addr: addr.to_string(),
-                message,
-            },
-            None => Failure::NotStarted(message),
-        },
-        Some(error_kind::NO_LEADER) | Some(error_kind::SHUTTING_DOWN) => Failure::NotStarted(message),
-        Some(error_kind::INDETERMINATE) => Failure::Unknown(message),
-        _ => match status.code() {
-            Code::Unavailable if is_connect_error(status) => Failure::NotStarted(message),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
-                Failure::Unknown(message)
-            }
-            _ => Failure::Final(ClientError::from_status(status)),
-        },
-    }
-}
-
 fn describe_code(code: Code) -> &'static str {
     match code {
         Code::Unavailable => "unavailable",
@@ -173,23 +149,109 @@ fn describe_code(code: Code) -> &'static str {
     }
 }
 
-/// Largest reply the client accepts (the server keeps Range replies near 3 MiB; a Get of a
-/// maximal value is 1 MiB).
-const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+/// Sorts a failed attempt, and says whether it counts against the endpoint's breaker (only
+/// transport failures and timeouts do: any answer from the server means the node is alive).
+fn classify(status: &Status) -> (Failure, bool) {
+    let md = status.metadata();
+    let kind = md.get(metadata::ERROR_KIND).and_then(|v| v.to_str().ok());
+    let message = format!("{}: {}", describe_code(status.code()), status.message());
+    match kind {
+        Some(error_kind::NOT_LEADER) => match md.get(metadata::LEADER_ADDR).and_then(|v| v.to_str().ok()) {
+            Some(addr) => (
+                Failure::Redirect {
+                    addr: addr.to_string(),
+                    message,
+                },
+                false,
+            ),
+            None => (Failure::NotStarted(message), false),
+        },
+        Some(error_kind::NO_LEADER) | Some(error_kind::SHUTTING_DOWN) => (Failure::NotStarted(message), false),
+        Some(error_kind::INDETERMINATE) => (Failure::Unknown(message), false),
+        _ => match status.code() {
+            Code::Unavailable if is_connect_error(status) => (Failure::NotStarted(message), true),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
+                (Failure::Unknown(message), true)
+            }
+            _ => (Failure::Final(ClientError::from_status(status)), false),
+        },
+    }
+}
 
-fn kv_client(channel: Channel) -> KvClient<Channel> {
-    KvClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES)
+#[derive(Debug, Default)]
+struct EndpointStats {
+    calls: u64,
+    failures: u64,
+    latency_ewma_us: Option<f64>,
+}
+
+struct EndpointState {
+    spec: EndpointSpec,
+    channel: Channel,
+    breaker: Mutex<CircuitBreaker>,
+    stats: Mutex<EndpointStats>,
+}
+
+impl EndpointState {
+    fn would_allow(&self, now: Instant) -> bool {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner()).would_allow(now)
+    }
+
+    fn try_acquire(&self, now: Instant) -> bool {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner()).try_acquire(now)
+    }
+
+    /// Records an attempt's outcome in the breaker (`failed`: transport failure or timeout)
+    /// and in the counters.
+    fn record(&self, failed: bool, elapsed: Duration) {
+        let now = Instant::now();
+        let change = self
+            .breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(now, !failed);
+        if let Some(state) = change {
+            tracing::info!(endpoint = %self.spec.addr, breaker = state.name(), "circuit breaker changed state");
+        }
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.calls += 1;
+        if failed {
+            stats.failures += 1;
+        } else {
+            let us = elapsed.as_micros() as f64;
+            stats.latency_ewma_us = Some(stats.latency_ewma_us.map_or(us, |avg| 0.8 * avg + 0.2 * us));
+        }
+    }
+
+    fn report(&self) -> EndpointReport {
+        let (breaker, transitions) = {
+            let b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+            (b.state(Instant::now()).name(), b.transitions())
+        };
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        EndpointReport {
+            addr: self.spec.addr.clone(),
+            weight: self.spec.weight,
+            backup: self.spec.backup,
+            breaker,
+            breaker_transitions: transitions,
+            calls: stats.calls,
+            failures: stats.failures,
+            latency: stats.latency_ewma_us.map(|us| Duration::from_micros(us as u64)),
+        }
+    }
 }
 
 struct Inner {
     config: ClientConfig,
-    channels: RwLock<BTreeMap<String, Channel>>,
-    order: RwLock<Vec<String>>,
+    endpoints: RwLock<Vec<Arc<EndpointState>>>,
+    balancer: Mutex<SmoothWeightedRoundRobin>,
     leader: Mutex<Option<String>>,
-    next: Mutex<usize>,
+    sequence: Arc<WriteSequence>,
 }
 
-/// A raftkv client. Cheap to clone; clones share connections and leader knowledge.
+/// A raftkv client. Cheap to clone; clones share connections, breakers, leader knowledge and
+/// the write sequence.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -199,23 +261,29 @@ impl Client {
     /// Creates a client. Connections are opened lazily, on first use.
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
         config.validate()?;
+        let client_id = config.client_id.unwrap_or_else(|| rand::random::<u64>() | 1);
         let client = Self {
             inner: Arc::new(Inner {
-                order: RwLock::new(Vec::new()),
-                channels: RwLock::new(BTreeMap::new()),
+                endpoints: RwLock::new(Vec::new()),
+                balancer: Mutex::new(SmoothWeightedRoundRobin::default()),
                 leader: Mutex::new(None),
-                next: Mutex::new(0),
+                sequence: WriteSequence::new(client_id),
                 config,
             }),
         };
-        for e in client.inner.config.endpoints.clone() {
-            client.channel(&e)?;
+        for spec in client.inner.config.endpoints.clone() {
+            client.add_endpoint(spec)?;
         }
         Ok(client)
     }
 
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// The id this client's exactly-once writes carry.
+    pub fn client_id(&self) -> u64 {
+        self.inner.sequence.client_id
     }
 
     /// The leader's address as last learned, if any.
@@ -227,41 +295,78 @@ impl Client {
         *self.inner.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
     }
 
-    fn endpoints(&self) -> Vec<String> {
-        self.inner.order.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn forget_leader(&self, addr: &str) {
+        let mut leader = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner());
+        if leader.as_deref() == Some(addr) {
+            *leader = None;
+        }
     }
 
-    /// The channel to `addr`, created (and `addr` added to the endpoints) on first use.
-    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
-        if let Some(c) = self.inner.channels.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
-            return Ok(c.clone());
+    /// The client's view of each of its endpoints.
+    pub fn endpoints(&self) -> Vec<EndpointReport> {
+        self.snapshot().iter().map(|e| e.report()).collect()
+    }
+
+    fn snapshot(&self) -> Vec<Arc<EndpointState>> {
+        self.inner.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn add_endpoint(&self, spec: EndpointSpec) -> Result<Arc<EndpointState>, ClientError> {
+        let mut endpoints = self.inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = endpoints.iter().find(|e| e.spec.addr == spec.addr) {
+            return Ok(e.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClientError::Config(format!("endpoint {addr:?}: {e}")))?
+        let channel = Endpoint::from_shared(format!("http://{}", spec.addr))
+            .map_err(|e| ClientError::Config(format!("endpoint {:?}: {e}", spec.addr)))?
             .connect_timeout(self.inner.config.connect_timeout)
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
-        let mut channels = self.inner.channels.write().unwrap_or_else(|e| e.into_inner());
-        if !channels.contains_key(addr) {
-            channels.insert(addr.to_string(), channel);
-            self.inner
-                .order
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(addr.to_string());
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let state = Arc::new(EndpointState {
+            spec,
+            channel,
+            breaker: Mutex::new(CircuitBreaker::new(self.inner.config.breaker)),
+            stats: Mutex::new(EndpointStats::default()),
+        });
+        endpoints.push(state.clone());
+        Ok(state)
+    }
+
+    /// The endpoint for `addr`, added (as a primary of weight 1) if it is new — leader hints
+    /// may name nodes the caller did not list.
+    fn endpoint(&self, addr: &str) -> Result<Arc<EndpointState>, ClientError> {
+        if let Some(e) = self.snapshot().into_iter().find(|e| e.spec.addr == addr) {
+            return Ok(e);
         }
-        Ok(channels[addr].clone())
+        self.add_endpoint(EndpointSpec::new(addr))
     }
 
-    fn next_endpoint(&self) -> String {
-        let order = self.endpoints();
-        let mut next = self.inner.next.lock().unwrap_or_else(|e| e.into_inner());
-        let addr = order[*next % order.len()].clone();
-        *next = next.wrapping_add(1);
-        addr
+    /// Picks an endpoint for a read: smooth weighted round robin over the primaries whose
+    /// breaker lets calls through, or over the usable backups when no primary is.
+    fn pick_for_read(&self, now: Instant) -> Option<Arc<EndpointState>> {
+        let endpoints = self.snapshot();
+        let usable = |backup: bool| -> Vec<(usize, u32)> {
+            endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.spec.backup == backup && e.would_allow(now))
+                .map(|(i, e)| (i, e.spec.weight))
+                .collect()
+        };
+        let mut candidates = usable(false);
+        if candidates.is_empty() {
+            candidates = usable(true);
+        }
+        let chosen = self
+            .inner
+            .balancer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pick(&candidates)?;
+        endpoints.get(chosen).cloned()
     }
 
-    /// Runs one call with retries until it succeeds, fails for good, or the deadline passes.
+    /// Runs one call with retries until it succeeds, fails for good, or the deadline or the
+    /// attempt budget runs out.
     async fn call<Req, Resp, F, Fut>(
         &self,
         kind: CallKind,
@@ -274,82 +379,113 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let deadline = Instant::now() + timeout.unwrap_or(self.inner.config.timeout);
-        let mut backoff = Backoff::new(self.inner.config.backoff);
+        let config = &self.inner.config;
+        let deadline = Instant::now() + timeout.unwrap_or(config.timeout);
+        let ticket: Option<SeqTicket> =
+            (kind == CallKind::Write && config.exactly_once).then(|| self.inner.sequence.begin());
+        let mut backoff = Backoff::new(config.retry.backoff);
         let mut last_error = String::from("no attempt was made");
+        let mut outcome_unknown = false;
         let mut redirect: Option<String> = None;
+        let mut attempts = 0;
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ClientError::Unavailable(format!(
-                    "deadline passed; last error: {last_error}"
-                )));
+            if Instant::now() >= deadline || attempts >= config.retry.max_attempts {
+                let why = if attempts >= config.retry.max_attempts {
+                    format!("gave up after {attempts} attempts")
+                } else {
+                    "deadline passed".to_string()
+                };
+                return Err(if outcome_unknown {
+                    ClientError::Indeterminate(format!("{why}; last error: {last_error}"))
+                } else {
+                    ClientError::Unavailable(format!("{why}; last error: {last_error}"))
+                });
             }
-            let target = match redirect.take() {
-                Some(addr) => addr,
-                None if kind.wants_leader() => match self.known_leader() {
-                    Some(l) => l,
-                    None => match self.discover_leader(deadline).await {
-                        Some(l) => l,
-                        None => self.next_endpoint(),
-                    },
-                },
-                None => self.next_endpoint(),
+            let target = match (kind, redirect.take()) {
+                (_, Some(addr)) => Some(self.endpoint(&addr)?),
+                (CallKind::Write, None) => {
+                    let leader = match self.known_leader() {
+                        Some(l) => Some(l),
+                        None => self.discover_leader(deadline).await,
+                    };
+                    match leader {
+                        Some(l) => Some(self.endpoint(&l)?),
+                        None => self.pick_for_read(Instant::now()),
+                    }
+                }
+                (CallKind::Read, None) => self.pick_for_read(Instant::now()),
             };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            let Some(target) = target else {
+                last_error = "every endpoint's circuit breaker is open".into();
+                self.pause(&mut backoff, deadline).await;
+                continue;
+            };
+            let addr = target.spec.addr.clone();
+            if !target.try_acquire(Instant::now()) {
+                last_error = format!("{addr}: circuit breaker open");
+                self.forget_leader(&addr);
+                self.pause(&mut backoff, deadline).await;
                 continue;
             }
-            let channel = self.channel(&target)?;
+            attempts += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt_timeout = remaining.min(config.attempt_timeout);
             let mut request = tonic::Request::new(req.clone());
-            request.set_timeout(remaining);
-            let outcome = tokio::time::timeout(remaining, send(channel, request)).await;
-            let failure = match outcome {
+            request.set_timeout(attempt_timeout);
+            if let Some(t) = &ticket {
+                let md = request.metadata_mut();
+                md.insert(metadata::CLIENT_ID, MetadataValue::from(self.inner.sequence.client_id));
+                md.insert(metadata::REQUEST_SEQ, MetadataValue::from(t.seq));
+                md.insert(
+                    metadata::ACKED_BELOW,
+                    MetadataValue::from(self.inner.sequence.acked_below()),
+                );
+            }
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(attempt_timeout, send(target.channel.clone(), request)).await;
+            let (failure, transport_failure) = match outcome {
                 Ok(Ok(resp)) => {
-                    if kind.wants_leader() {
-                        self.set_leader(Some(target));
+                    target.record(false, started.elapsed());
+                    if kind == CallKind::Write {
+                        self.set_leader(Some(addr));
                     }
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => classify(&status),
-                Err(_) => Failure::Unknown(format!("no reply from {target} before the deadline")),
+                Err(_) => (Failure::Unknown(format!("no reply within {attempt_timeout:?}")), true),
             };
+            target.record(transport_failure, started.elapsed());
             match failure {
                 Failure::Final(e) => return Err(e),
                 Failure::Unknown(msg) => {
+                    last_error = format!("{addr}: {msg}");
+                    self.forget_leader(&addr);
                     if kind == CallKind::Write {
-                        self.forget_leader(&target);
-                        return Err(ClientError::Indeterminate(format!("{target}: {msg}")));
+                        outcome_unknown = true;
+                        if ticket.is_none() {
+                            return Err(ClientError::Indeterminate(last_error));
+                        }
                     }
-                    self.forget_leader(&target);
-                    last_error = format!("{target}: {msg}");
                     self.pause(&mut backoff, deadline).await;
                 }
-                Failure::Redirect { addr, message } => {
-                    last_error = format!("{target}: {message}");
-                    if addr == target {
+                Failure::Redirect { addr: hint, message } => {
+                    last_error = format!("{addr}: {message}");
+                    if hint == addr {
                         // A stale hint pointing back at the node that gave it.
                         self.set_leader(None);
                         self.pause(&mut backoff, deadline).await;
                     } else {
-                        tracing::debug!(from = %target, to = %addr, "following leader hint");
-                        self.set_leader(Some(addr.clone()));
-                        redirect = Some(addr);
+                        tracing::debug!(from = %addr, to = %hint, "following leader hint");
+                        self.set_leader(Some(hint.clone()));
+                        redirect = Some(hint);
                     }
                 }
                 Failure::NotStarted(msg) => {
-                    self.forget_leader(&target);
-                    last_error = format!("{target}: {msg}");
+                    last_error = format!("{addr}: {msg}");
+                    self.forget_leader(&addr);
                     self.pause(&mut backoff, deadline).await;
                 }
             }
-        }
-    }
-
-    fn forget_leader(&self, addr: &str) {
-        let mut leader = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner());
-        if leader.as_deref() == Some(addr) {
-            *leader = None;
         }
     }
 
@@ -363,11 +499,13 @@ impl Client {
     async fn discover_leader(&self, deadline: Instant) -> Option<String> {
         let probe_timeout = deadline
             .saturating_duration_since(Instant::now())
+            .min(self.inner.config.attempt_timeout)
             .min(Duration::from_millis(500));
-        let statuses = self.probe_all(&self.endpoints(), probe_timeout).await;
+        let addrs: Vec<String> = self.snapshot().iter().map(|e| e.spec.addr.clone()).collect();
+        let statuses = self.probe_all(&addrs, probe_timeout).await;
         let best = statuses
             .into_iter()
-            .filter_map(|(_, s)| s.ok())
+            .filter_map(|(_, s, _)| s.ok())
             .filter(|s| !s.leader_addr.is_empty())
             .max_by_key(|s| (s.term, s.role == Role::Leader as i32))?;
         let addr = best.leader_addr;
@@ -375,32 +513,36 @@ impl Client {
         Some(addr)
     }
 
-    async fn probe_all(&self, addrs: &[String], timeout: Duration) -> Vec<(String, Result<StatusResponse, String>)> {
+    async fn probe_all(
+        &self,
+        addrs: &[String],
+        timeout: Duration,
+    ) -> Vec<(String, Result<StatusResponse, String>, Option<Duration>)> {
         let probes = addrs.iter().map(|addr| {
             let addr = addr.clone();
             async move {
+                let started = Instant::now();
                 let result = self.status_of(&addr, timeout).await.map_err(|e| e.to_string());
-                (addr, result)
+                let latency = result.is_ok().then(|| started.elapsed());
+                (addr, result, latency)
             }
         });
         futures::future::join_all(probes).await
     }
 
-    /// The status of the node at `addr` (one attempt, no retries).
+    /// The status of the node at `addr` (one attempt, no retries, no breaker).
     pub async fn status_of(&self, addr: &str, timeout: Duration) -> Result<StatusResponse, ClientError> {
-        let channel = self.channel(addr)?;
+        let channel = self.endpoint(addr)?.channel.clone();
         let mut request = tonic::Request::new(StatusRequest {});
         request.set_timeout(timeout);
         match tokio::time::timeout(timeout, ClusterClient::new(channel).status(request)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) if s.code() == Code::Unavailable => {
-                Err(ClientError::Unavailable(format!("{addr}: {}", s.message())))
-            }
+            Ok(Err(s)) if s.code() == Code::Unavailable => Err(ClientError::Unavailable(s.message().to_string())),
             Ok(Err(s)) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {
-                Err(ClientError::Unavailable(format!("{addr}: no reply within {timeout:?}")))
+                Err(ClientError::Unavailable(format!("no reply within {timeout:?}")))
             }
             Ok(Err(s)) => Err(ClientError::from_status(&s)),
-            Err(_) => Err(ClientError::Unavailable(format!("{addr}: no reply within {timeout:?}"))),
+            Err(_) => Err(ClientError::Unavailable(format!("no reply within {timeout:?}"))),
         }
     }
 
@@ -408,12 +550,17 @@ impl Client {
     /// report. Nodes that do not answer are included with the reason.
     pub async fn cluster_status(&self) -> Vec<NodeReport> {
         let timeout = self.inner.config.timeout.min(Duration::from_secs(2));
-        let mut results: BTreeMap<String, Result<StatusResponse, String>> =
-            self.probe_all(&self.endpoints(), timeout).await.into_iter().collect();
+        let addrs: Vec<String> = self.snapshot().iter().map(|e| e.spec.addr.clone()).collect();
+        let mut results: BTreeMap<String, (Result<StatusResponse, String>, Option<Duration>)> = self
+            .probe_all(&addrs, timeout)
+            .await
+            .into_iter()
+            .map(|(a, s, l)| (a, (s, l)))
+            .collect();
         // Members as reported by the answering node with the highest term.
         let members = results
             .values()
-            .filter_map(|r| r.as_ref().ok())
+            .filter_map(|(r, _)| r.as_ref().ok())
             .max_by_key(|s| (s.term, s.role == Role::Leader as i32))
             .map(|s| s.members.clone())
             .unwrap_or_default();
@@ -422,15 +569,29 @@ impl Client {
             .map(|m| m.client_addr.clone())
             .filter(|a| !a.is_empty() && !results.contains_key(a))
             .collect();
-        results.extend(self.probe_all(&missing, timeout).await);
+        results.extend(
+            self.probe_all(&missing, timeout)
+                .await
+                .into_iter()
+                .map(|(a, s, l)| (a, (s, l))),
+        );
+        let views: BTreeMap<String, EndpointReport> =
+            self.endpoints().into_iter().map(|e| (e.addr.clone(), e)).collect();
         let mut reports: Vec<NodeReport> = results
             .into_iter()
-            .map(|(addr, status)| {
+            .map(|(addr, (status, latency))| {
                 let id = match &status {
                     Ok(s) => Some(s.id),
                     Err(_) => members.iter().find(|m| m.client_addr == addr).map(|m| m.id),
                 };
-                NodeReport { id, addr, status }
+                let endpoint = views.get(&addr).cloned();
+                NodeReport {
+                    id,
+                    addr,
+                    status,
+                    latency,
+                    endpoint,
+                }
             })
             .collect();
         reports.sort_by_key(|r| (r.id.is_none(), r.id, r.addr.clone()));
@@ -467,14 +628,93 @@ impl Client {
         consistency: Consistency,
         timeout: Option<Duration>,
     ) -> Result<GetResponse, ClientError> {
-        let req = GetRequest {
-            key: key.into(),
-            consistency: consistency as i32,
+        let opts = ReadOptions {
+            consistency,
+            timeout,
+            allow_degraded: false,
         };
-        self.call(CallKind::for_read(consistency), timeout, req, |ch, r| async move {
-            kv_client(ch).get(r).await
+        Ok(self.get_opts(key, opts).await?.response)
+    }
+
+    /// Reads `key` with full control over consistency, deadline and degradation.
+    pub async fn get_opts(&self, key: impl Into<Vec<u8>>, opts: ReadOptions) -> Result<Read<GetResponse>, ClientError> {
+        let key = key.into();
+        self.read_degradable(opts, |consistency, timeout| {
+            let req = GetRequest {
+                key: key.clone(),
+                consistency: consistency as i32,
+            };
+            async move {
+                self.call(CallKind::Read, Some(timeout), req, |ch, r| async move {
+                    kv_client(ch).get(r).await
+                })
+                .await
+            }
         })
         .await
+    }
+
+    /// Reads a range of keys; the consistency is the request's.
+    pub async fn range(&self, req: RangeRequest, timeout: Option<Duration>) -> Result<RangeResponse, ClientError> {
+        let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
+        let opts = ReadOptions {
+            consistency,
+            timeout,
+            allow_degraded: false,
+        };
+        Ok(self.range_opts(req, opts).await?.response)
+    }
+
+    /// Reads a range of keys with full control over consistency, deadline and degradation
+    /// (the request's own `consistency` field is replaced by `opts.consistency`).
+    pub async fn range_opts(&self, req: RangeRequest, opts: ReadOptions) -> Result<Read<RangeResponse>, ClientError> {
+        self.read_degradable(opts, |consistency, timeout| {
+            let req = RangeRequest {
+                consistency: consistency as i32,
+                ..req.clone()
+            };
+            async move {
+                self.call(CallKind::Read, Some(timeout), req, |ch, r| async move {
+                    kv_client(ch).range(r).await
+                })
+                .await
+            }
+        })
+        .await
+    }
+
+    /// Runs a read; with `allow_degraded`, a linearizable read that fails for want of a quorum
+    /// or leader is replaced by a stale read in the last quarter of the deadline.
+    async fn read_degradable<T, F, Fut>(&self, opts: ReadOptions, read: F) -> Result<Read<T>, ClientError>
+    where
+        F: Fn(Consistency, Duration) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let total = opts.timeout.unwrap_or(self.inner.config.timeout);
+        let linearizable = matches!(opts.consistency, Consistency::Linearizable | Consistency::Unspecified);
+        if !(opts.allow_degraded && linearizable) {
+            return Ok(Read {
+                response: read(opts.consistency, total).await?,
+                degraded: false,
+            });
+        }
+        let reserve = (total / 4).max(Duration::from_millis(200)).min(total);
+        let started = Instant::now();
+        match read(Consistency::Linearizable, total - reserve).await {
+            Ok(response) => Ok(Read {
+                response,
+                degraded: false,
+            }),
+            Err(ClientError::Unavailable(why)) => {
+                tracing::warn!("linearizable read unavailable ({why}); serving a degraded stale read");
+                let left = total.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+                Ok(Read {
+                    response: read(Consistency::Stale, left).await?,
+                    degraded: true,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes `key`.
@@ -486,7 +726,7 @@ impl Client {
         self.delete_request(req, None).await
     }
 
-    /// Sends a full DeleteRequest, with an optional deadline.
+    /// Sends a full DeleteRequest (a key, a prefix or an interval), with an optional deadline.
     pub async fn delete_request(
         &self,
         req: DeleteRequest,
@@ -494,15 +734,6 @@ impl Client {
     ) -> Result<DeleteResponse, ClientError> {
         self.call(CallKind::Write, timeout, req, |ch, r| async move {
             kv_client(ch).delete(r).await
-        })
-        .await
-    }
-
-    /// Reads a range of keys; the consistency is the request's.
-    pub async fn range(&self, req: RangeRequest, timeout: Option<Duration>) -> Result<RangeResponse, ClientError> {
-        let consistency = Consistency::try_from(req.consistency).unwrap_or(Consistency::Linearizable);
-        self.call(CallKind::for_read(consistency), timeout, req, |ch, r| async move {
-            kv_client(ch).range(r).await
         })
         .await
     }
@@ -551,7 +782,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::metadata::MetadataValue;
 
     fn status_with(code: Code, kind: Option<&'static str>, leader: Option<&'static str>) -> Status {
         let mut s = Status::new(code, "x");
@@ -569,31 +799,26 @@ mod tests {
     #[test]
     fn classification_separates_safe_retries_from_unknown_outcomes() {
         let redirect = status_with(Code::Unavailable, Some(error_kind::NOT_LEADER), Some("127.0.0.1:7002"));
-        assert!(matches!(classify(&redirect), Failure::Redirect { addr, .. } if addr == "127.0.0.1:7002"));
+        assert!(matches!(classify(&redirect), (Failure::Redirect { addr, .. }, false) if addr == "127.0.0.1:7002"));
         let no_leader = status_with(Code::Unavailable, Some(error_kind::NO_LEADER), None);
-        assert!(matches!(classify(&no_leader), Failure::NotStarted(_)));
+        assert!(
+            matches!(classify(&no_leader), (Failure::NotStarted(_), false)),
+            "the node answered"
+        );
         let indeterminate = status_with(Code::Unavailable, Some(error_kind::INDETERMINATE), None);
-        assert!(matches!(classify(&indeterminate), Failure::Unknown(_)));
-        // A transport failure without our metadata, not at connect time: unknown outcome.
+        assert!(matches!(classify(&indeterminate), (Failure::Unknown(_), false)));
+        // A transport failure without our metadata, not at connect time: unknown outcome, and
+        // it counts against the endpoint.
         let broken = status_with(Code::Unavailable, None, None);
-        assert!(matches!(classify(&broken), Failure::Unknown(_)));
+        assert!(matches!(classify(&broken), (Failure::Unknown(_), true)));
         assert!(matches!(
             classify(&status_with(Code::DeadlineExceeded, None, None)),
-            Failure::Unknown(_)
+            (Failure::Unknown(_), true)
         ));
         assert!(matches!(
             classify(&status_with(Code::InvalidArgument, None, None)),
-            Failure::Final(ClientError::InvalidArgument(_))
+            (Failure::Final(ClientError::InvalidArgument(_)), false)
         ));
-    }
-
-    #[test]
-    fn config_validation() {
-        assert!(ClientConfig::from_list(DEFAULT_ENDPOINTS).validate().is_ok());
-        assert_eq!(ClientConfig::from_list(" a:1 , b:2 ,").endpoints, vec!["a:1", "b:2"]);
-        assert!(ClientConfig::from_list("").validate().is_err());
-        assert!(ClientConfig::from_list("http://a:1").validate().is_err());
-        assert!(ClientConfig::from_list("nohostport").validate().is_err());
     }
 
     #[tokio::test]

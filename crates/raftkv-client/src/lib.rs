@@ -10,17 +10,25 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Module map: [`client`] (endpoints, leader tracking, the retry loop), [`retry`] (backoff
-//! with jitter), [`txn`] (compares and operations for transactions), [`error`] (what a caller
-//! can get back). It is built on the public gRPC API
+//! Module map: [`client`] (endpoints, leader tracking, the retry loop, degraded reads),
+//! [`config`] (settings and the endpoint list syntax), [`breaker`] (per-endpoint circuit
+//! breakers), [`balancer`] (smooth weighted round robin), [`retry`] (backoff with jitter),
+//! `session` (numbering writes for exactly-once), [`txn`] (compares and operations for
+//! transactions), [`error`] (what a caller can get back). See docs/client.md. It is built on the public gRPC API
 //! only (raftkv-proto), never on the server's crates.
 
+pub mod balancer;
+pub mod breaker;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod retry;
+mod session;
 pub mod txn;
 
-pub use client::{Client, ClientConfig, NodeReport, DEFAULT_ENDPOINTS};
+pub use breaker::{BreakerConfig, BreakerState};
+pub use client::{Client, EndpointReport, NodeReport, Read, ReadOptions};
+pub use config::{ClientConfig, EndpointSpec, RetryPolicy, DEFAULT_ENDPOINTS};
 pub use error::ClientError;
 /// The generated API types (requests, replies, enums).
 pub use raftkv_proto::v1 as pb;

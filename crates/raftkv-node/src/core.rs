@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use raftkv_proto::v1::{Consistency, ResponseHeader};
-use raftkv_store::command::{Command, Request, Response};
+use raftkv_store::command::{ClientSession, Command, Request, Response};
 use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreHandle};
 
@@ -37,11 +37,22 @@ impl NodeCore {
         }
     }
 
-    /// Proposes `command` through Raft and waits until it is committed and applied here.
-    pub async fn write(&self, command: Command) -> Result<Response, ApiError> {
-        let request = Request::new(command, now_millis());
+    /// Proposes `command` through Raft and waits until it is committed and applied here. With a
+    /// `session`, a retry of a write already applied gets the first answer instead of applying
+    /// again.
+    pub async fn write(&self, command: Command, session: Option<ClientSession>) -> Result<Response, ApiError> {
+        let request = Request {
+            timestamp_ms: now_millis(),
+            session,
+            command,
+        };
         match self.raft.client_write(request).await {
-            Ok(r) => Ok(r.data),
+            Ok(r) => match r.data {
+                Response::AlreadyAcknowledged { client_id, seq } => {
+                    Err(ApiError::AlreadyAcknowledged { client_id, seq })
+                }
+                data => Ok(data),
+            },
             Err(e) => Err(ApiError::from_client_write(self.id, e)),
         }
     }

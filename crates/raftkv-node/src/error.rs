@@ -9,6 +9,7 @@
 //! | ShuttingDown     | UNAVAILABLE        | `shutting-down` | yes, on another node            |
 //! | Indeterminate    | UNAVAILABLE        | `indeterminate` | only if the write is idempotent |
 //! | Storage          | INTERNAL           | –               | no: the node needs attention    |
+//! | AlreadyAcknowledged | FAILED_PRECONDITION | –            | no: the client already has it   |
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use raftkv_proto::{error_kind, metadata};
@@ -34,6 +35,8 @@ pub enum ApiError {
     Indeterminate(String),
     #[error("storage error on this node: {0}")]
     Storage(String),
+    #[error("write {seq} of client {client_id:#x} was already applied and its answer acknowledged; nothing was applied again")]
+    AlreadyAcknowledged { client_id: u64, seq: u64 },
 }
 
 impl ApiError {
@@ -81,7 +84,7 @@ impl ApiError {
             Self::NoLeader { .. } => Some(error_kind::NO_LEADER),
             Self::ShuttingDown(_) => Some(error_kind::SHUTTING_DOWN),
             Self::Indeterminate(_) => Some(error_kind::INDETERMINATE),
-            Self::InvalidArgument(_) | Self::Storage(_) => None,
+            Self::InvalidArgument(_) | Self::Storage(_) | Self::AlreadyAcknowledged { .. } => None,
         }
     }
 
@@ -92,6 +95,7 @@ impl ApiError {
                 Code::Unavailable
             }
             Self::Storage(_) => Code::Internal,
+            Self::AlreadyAcknowledged { .. } => Code::FailedPrecondition,
         }
     }
 }

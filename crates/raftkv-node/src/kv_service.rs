@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status};
 use crate::core::NodeCore;
 use crate::error::ApiError;
 use crate::request::{
-    consistency, delete_command, next_key, put_command, range_query, to_pb, txn_command, txn_op_response, validate_key,
+    consistency, delete_command, next_key, put_command, range_query, session, to_pb, txn_command, txn_op_response,
+    validate_key,
 };
 
 pub struct KvService {
@@ -33,8 +34,9 @@ fn unexpected(resp: SmResponse) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let session = session(request.metadata())?;
         let command = put_command(request.into_inner())?;
-        match self.core.write(command).await? {
+        match self.core.write(command, session).await? {
             SmResponse::Put { revision, prev_kv } => Ok(Response::new(PutResponse {
                 header: Some(self.core.header()),
                 revision,
@@ -56,8 +58,9 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let session = session(request.metadata())?;
         let command = delete_command(&request.into_inner())?;
-        match self.core.write(command).await? {
+        match self.core.write(command, session).await? {
             SmResponse::Delete {
                 revision,
                 deleted,
@@ -94,8 +97,9 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let session = session(request.metadata())?;
         let command = txn_command(request.into_inner())?;
-        match self.core.write(command).await? {
+        match self.core.write(command, session).await? {
             SmResponse::Txn {
                 revision,
                 succeeded,

@@ -235,7 +235,7 @@ async fn watch_leadership(core: NodeCore, mut shutdown: watch::Receiver<bool>) {
             let core = core.clone();
             tokio::spawn(async move {
                 let cluster_id = rand::random::<u64>() | 1;
-                match core.write(Command::SetClusterId { cluster_id }).await {
+                match core.write(Command::SetClusterId { cluster_id }, None).await {
                     Ok(Response::ClusterId { cluster_id }) => {
                         tracing::info!(cluster_id = format!("{cluster_id:016x}"), "cluster id set")
                     }

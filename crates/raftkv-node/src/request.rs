@@ -2,16 +2,55 @@
 //! way, so bad input is refused with a clear INVALID_ARGUMENT before anything reaches the log —
 //! and store replies back into API messages.
 
+use raftkv_proto::metadata;
 use raftkv_proto::v1::{
     txn_op, txn_op_response, CompareOp, CompareTarget as PbTarget, Consistency, DeleteRequest, DeleteResponse,
     GetResponse, KeyValue as PbKeyValue, PutRequest, PutResponse, RangeRequest, TxnOp as PbTxnOp, TxnOpResponse,
     TxnRequest,
 };
-use raftkv_store::command::{CmpOp, Command, Compare, CompareTarget, KeyValue, Txn, TxnOp, TxnOpResult};
+use raftkv_store::command::{ClientSession, CmpOp, Command, Compare, CompareTarget, KeyValue, Txn, TxnOp, TxnOpResult};
 use raftkv_store::{prefix_end, RangeQuery};
 
 use crate::config::{MAX_KEY_BYTES, MAX_RANGE_LIMIT, MAX_RANGE_REPLY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
 use crate::error::ApiError;
+
+/// The exactly-once session of a write, from its request metadata (none if it carries no
+/// client id).
+pub fn session(md: &tonic::metadata::MetadataMap) -> Result<Option<ClientSession>, ApiError> {
+    let number = |key: &str| -> Result<Option<u64>, ApiError> {
+        match md.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Some)
+                .ok_or_else(|| invalid(format!("metadata {key} must be a decimal number"))),
+        }
+    };
+    let Some(client_id) = number(metadata::CLIENT_ID)? else {
+        return Ok(None);
+    };
+    let seq = number(metadata::REQUEST_SEQ)?.ok_or_else(|| {
+        invalid(format!(
+            "metadata {} needs {}",
+            metadata::CLIENT_ID,
+            metadata::REQUEST_SEQ
+        ))
+    })?;
+    let acked_below = number(metadata::ACKED_BELOW)?.unwrap_or(0);
+    if acked_below > seq {
+        return Err(invalid(format!(
+            "{} ({acked_below}) cannot be above the request's own seq ({seq})",
+            metadata::ACKED_BELOW
+        )));
+    }
+    Ok(Some(ClientSession {
+        client_id,
+        seq,
+        acked_below,
+    }))
+}
 
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())

@@ -17,6 +17,14 @@ pub mod metadata {
     pub const LEADER_ADDR: &str = "raftkv-leader-addr";
     /// Machine-readable reason for the error; see [`crate::error_kind`].
     pub const ERROR_KIND: &str = "raftkv-error";
+
+    /// Exactly-once writes (request metadata on Put, Delete, Txn): the client's random id.
+    pub const CLIENT_ID: &str = "raftkv-client-id";
+    /// The write's number in the client's sequence; a retry carries the same number.
+    pub const REQUEST_SEQ: &str = "raftkv-request-seq";
+    /// Every write of this client numbered below this has had its answer; the server may
+    /// forget those answers.
+    pub const ACKED_BELOW: &str = "raftkv-acked-below";
 }
 
 /// Values of the [`metadata::ERROR_KIND`] key.

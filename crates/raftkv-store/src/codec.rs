@@ -68,7 +68,11 @@ mod tests {
     fn sample_request() -> Request {
         Request {
             timestamp_ms: 1_764_115_200_000,
-            session: Some(ClientSession { client_id: 7, seq: 42 }),
+            session: Some(ClientSession {
+                client_id: 7,
+                seq: 42,
+                acked_below: 40,
+            }),
             command: Command::Put {
                 key: b"k".to_vec(),
                 value: vec![0xAB; 300],

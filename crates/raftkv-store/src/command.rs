@@ -15,11 +15,16 @@ pub struct Request {
     pub command: Command,
 }
 
-/// `(client_id, seq)` of a client write (Raft thesis §6.3).
+/// `(client_id, seq)` of a client write, for exactly-once application (Raft thesis §6.3).
+///
+/// A client numbers its writes and retries a write with the same number. `acked_below` is the
+/// client's promise that it has its answer for every seq below it, so the state machine may
+/// forget those answers; this lets one client have many writes in flight at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientSession {
     pub client_id: u64,
     pub seq: u64,
+    pub acked_below: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,5 +186,11 @@ pub enum Response {
         revision: u64,
         succeeded: bool,
         results: Vec<TxnOpResult>,
+    },
+    /// A retry of a write whose answer the client had already received (its seq is below the
+    /// client's `acked_below`): nothing was applied again, and the answer is gone.
+    AlreadyAcknowledged {
+        client_id: u64,
+        seq: u64,
     },
 }

@@ -5,6 +5,7 @@
 //! - [`command`]: the commands carried in the log and the replies `apply` gives;
 //! - [`log_store`]: the Raft log and vote on sled ([`LogStore`]);
 //! - [`state_machine`]: the key-value state on sled ([`StateMachineStore`], [`StateReader`]);
+//! - [`sessions`]: client sessions that make retried writes apply once;
 //! - [`codec`]: the versioned bincode envelope every stored or sent payload uses.
 //!
 //! A data directory holds `db/` (one sled database for log and state) and `snapshot/`.
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod command;
 mod error;
 pub mod log_store;
+pub mod sessions;
 mod snapshot;
 pub mod state_machine;
 pub mod types;

@@ -33,8 +33,9 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Stora
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::command::{Command, Compare, CompareTarget, KeyValue, Response, TxnOp, TxnOpResult};
+use crate::command::{Command, Compare, CompareTarget, KeyValue, Request, Response, TxnOp, TxnOpResult};
 use crate::error::StoreError;
+use crate::sessions::{session_key, Admission, SessionRecord, SESSION_GC_INTERVAL_MS, SESSION_PREFIX};
 use crate::snapshot::{Record, SnapshotFiles, SnapshotPayload};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -46,6 +47,10 @@ const DATA_PREFIX: u8 = b'd';
 const KEY_LAST_APPLIED: &[u8] = b"m/last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";
 const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
+/// The log clock: the largest leader timestamp applied (see crate::sessions).
+const KEY_CLOCK: &[u8] = b"m/clock";
+/// Log-clock time of the last expired-session sweep.
+const KEY_SESSION_GC: &[u8] = b"m/session_gc";
 
 /// A user key's value and revision metadata as stored (the key itself is the tree key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +322,8 @@ struct BatchApplier<'a> {
     tree: &'a sled::Tree,
     batch: sled::Batch,
     overlay: BTreeMap<Vec<u8>, Option<StoredValue>>,
+    sessions: BTreeMap<u64, Option<SessionRecord>>,
+    clock: Option<u64>,
     cluster_id: Option<u64>,
 }
 
@@ -330,7 +337,97 @@ impl<'a> BatchApplier<'a> {
             tree,
             batch: sled::Batch::default(),
             overlay: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            clock: None,
             cluster_id: None,
+        }
+    }
+
+    fn record<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        read_record(self.tree, key).map_err(read_err)
+    }
+
+    fn write_record<T: serde::Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        self.batch.insert(key, bytes);
+        Ok(())
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<SessionRecord>, StorageError> {
+        match self.sessions.get(&client_id) {
+            Some(rec) => Ok(rec.clone()),
+            None => self.record(&session_key(client_id)),
+        }
+    }
+
+    fn set_session(&mut self, client_id: u64, rec: Option<SessionRecord>) -> Result<(), StorageError> {
+        match &rec {
+            Some(r) => self.write_record(&session_key(client_id), r)?,
+            None => self.batch.remove(session_key(client_id)),
+        }
+        self.sessions.insert(client_id, rec);
+        Ok(())
+    }
+
+    /// Moves the log clock to `timestamp_ms` if it is later, sweeping expired sessions when a
+    /// sweep interval of log time has passed.
+    fn advance_clock(&mut self, timestamp_ms: u64) -> Result<(), StorageError> {
+        let clock = match self.clock {
+            Some(c) => c,
+            None => self.record(KEY_CLOCK)?.unwrap_or(0),
+        };
+        if timestamp_ms <= clock {
+            self.clock = Some(clock);
+            return Ok(());
+        }
+        self.clock = Some(timestamp_ms);
+        self.write_record(KEY_CLOCK, &timestamp_ms)?;
+        let last_sweep: u64 = self.record(KEY_SESSION_GC)?.unwrap_or(0);
+        if timestamp_ms.saturating_sub(last_sweep) >= SESSION_GC_INTERVAL_MS {
+            self.write_record(KEY_SESSION_GC, &timestamp_ms)?;
+            let mut expired = Vec::new();
+            for item in self.tree.scan_prefix(SESSION_PREFIX) {
+                let (k, _) = item.map_err(read_err)?;
+                let id = k[SESSION_PREFIX.len()..]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| {
+                        read_err(StoreError::Corrupt {
+                            what: "session record key".into(),
+                            detail: format!("{} bytes", k.len()),
+                        })
+                    })?;
+                expired.push(id);
+            }
+            for id in expired {
+                if self.session(id)?.is_some_and(|r| r.expired(timestamp_ms)) {
+                    self.set_session(id, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one client request, once: a retry of a write this client already made gets the
+    /// saved answer.
+    fn apply_request(&mut self, revision: u64, request: Request) -> Result<Response, StorageError> {
+        self.advance_clock(request.timestamp_ms)?;
+        let Some(session) = request.session else {
+            return self.apply(revision, request.command);
+        };
+        let mut rec = self.session(session.client_id)?.unwrap_or_default();
+        match rec.admit(&session) {
+            Admission::Duplicate(saved) => Ok(saved),
+            Admission::AlreadyAcknowledged => Ok(Response::AlreadyAcknowledged {
+                client_id: session.client_id,
+                seq: session.seq,
+            }),
+            Admission::New => {
+                let response = self.apply(revision, request.command)?;
+                rec.record(&session, request.timestamp_ms, &response);
+                self.set_session(session.client_id, Some(rec))?;
+                Ok(response)
+            }
         }
     }
 
@@ -558,7 +655,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     membership = Some(StoredMembership::new(Some(log_id), m));
                     Response::Empty
                 }
-                EntryPayload::Normal(request) => applier.apply(log_id.index, request.command)?,
+                EntryPayload::Normal(request) => applier.apply_request(log_id.index, request)?,
             };
             responses.push(response);
             last_applied = Some(log_id);
