@@ -137,6 +137,25 @@ fn cluster_script_up_kill_start_pause_down_clean() {
     assert!(s.raftkv(&["put", "while-paused", "v"]).status.success());
     assert!(s.run(&["resume", follower]).status.success());
 
+    // `raftkv bench failover` drives this same script to kill and restart leaders.
+    let bench = Command::new(workspace_binary("raftkv"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(["--endpoints", &s.endpoints(), "-o", "json", "bench", "failover"])
+        .args(["--kills", "2", "--clients", "4", "--warmup", "300ms", "--settle", "1s"])
+        .env("RAFTKV_BIN_DIR", &s.bin_dir)
+        .env("RAFTKV_CLUSTER_DIR", s.dir.path())
+        .env("RAFTKV_CLIENT_PORT_BASE", s.client_base.to_string())
+        .env("RAFTKV_PEER_PORT_BASE", s.peer_base.to_string())
+        .output()
+        .expect("run raftkv bench failover");
+    assert!(bench.status.success(), "{}", text(&bench));
+    let report: serde_json::Value = serde_json::from_slice(&bench.stdout).expect("json report");
+    assert_eq!(report["kills"], 2, "{report}");
+    assert_eq!(report["windows_ms"].as_array().map(Vec::len), Some(2));
+    assert_eq!(report["acknowledged_lost"], 0, "{report}");
+    assert!(report["writes_acknowledged"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(report["errors_other"], serde_json::json!({}), "{report}");
+
     let logs = s.run(&["logs", "1"]);
     assert!(text(&logs).contains("node started"), "{}", text(&logs));
     assert!(!s.run(&["kill", "9"]).status.success(), "unknown node refused");

@@ -28,6 +28,9 @@ pub enum Workload {
     Get,
     /// Gets and puts, `--read-ratio` of them gets.
     Mixed,
+    /// Writes (and reads) while the leader is killed `--kills` times; reports each write
+    /// outage and checks that no acknowledged write was lost.
+    Failover,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,6 +72,18 @@ pub struct BenchArgs {
     /// Share of gets in the mixed workload (0.0-1.0).
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
+    /// failover: how many times to kill the leader.
+    #[arg(long, default_value_t = 5)]
+    pub kills: u32,
+    /// failover: command that kills node {id} (run with sh -c).
+    #[arg(long, default_value = "scripts/cluster.sh kill {id}")]
+    pub kill_cmd: String,
+    /// failover: command that restarts node {id}.
+    #[arg(long, default_value = "scripts/cluster.sh start {id}")]
+    pub start_cmd: String,
+    /// failover: pause after each restart, before the next kill.
+    #[arg(long, default_value = "3s")]
+    pub settle: DurationArg,
 }
 
 /// What a run measured.
@@ -170,7 +185,7 @@ pub async fn run(args: &BenchArgs, endpoints: &str, timeout: Duration) -> Result
                 let (k, read) = {
                     let mut rng = rand::rng();
                     let read = match workload {
-                        Workload::Put => false,
+                        Workload::Put | Workload::Failover => false,
                         Workload::Get => true,
                         Workload::Mixed => rng.random_bool(read_ratio.clamp(0.0, 1.0)),
                     };

@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod failover_bench;
 pub mod output;
 pub mod txn_syntax;
 
@@ -230,6 +231,13 @@ pub async fn run(cli: Cli) -> u8 {
             match client.txn(req, None).await {
                 Ok(r) if json => conditional(&r, print(&output::txn_json(&r))),
                 Ok(r) => conditional(&r, print(&output::txn_text(&r))),
+                Err(e) => fail(e),
+            }
+        }
+        Command::Bench(args) if args.workload == bench::Workload::Failover => {
+            match failover_bench::run(&args, &cli.endpoints).await {
+                Ok(report) if json => print(&report.json()),
+                Ok(report) => print(&report.text()),
                 Err(e) => fail(e),
             }
         }
