@@ -3,11 +3,13 @@
 //! - [`in_process`]: several nodes in the test process, on real loopback gRPC, with links that
 //!   can be cut ([`raftkv_node::network::LinkFaults`]);
 //! - [`process`]: real `raftkvd` processes that can be SIGKILLed, paused and restarted;
-//! - [`wait`]: waiting on a condition with a deadline (never a bare sleep).
+//! - [`wait`]: waiting on a condition with a deadline (never a bare sleep);
+//! - [`linearizability`]: a checker for histories of reads, writes and compare-and-swaps.
 //!
 //! Everything binds 127.0.0.1 only, lives in temp dirs, and is torn down on drop.
 
 pub mod in_process;
+pub mod linearizability;
 pub mod process;
 pub mod wait;
 
