@@ -356,7 +356,7 @@ fn check_key(ops: &[&Op], budget: Duration) -> Verdict {
             return Verdict::Linearizable;
         }
         steps_taken += 1;
-        if steps_taken % 1024 == 0 && started.elapsed() > budget {
+        if steps_taken.is_multiple_of(1024) && started.elapsed() > budget {
             return Verdict::Unknown;
         }
         // (The scan always stops at the first return, so it cannot run off the end while
