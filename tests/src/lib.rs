@@ -4,10 +4,12 @@
 //!   can be cut ([`raftkv_node::network::LinkFaults`]);
 //! - [`process`]: real `raftkvd` processes that can be SIGKILLed, paused and restarted;
 //! - [`wait`]: waiting on a condition with a deadline (never a bare sleep);
-//! - [`linearizability`]: a checker for histories of reads, writes and compare-and-swaps.
+//! - [`linearizability`]: a checker for histories of reads, writes and compare-and-swaps;
+//! - [`chaos`]: the chaos run (history under faults, then the checker), binary `raftkv-chaos`.
 //!
 //! Everything binds 127.0.0.1 only, lives in temp dirs, and is torn down on drop.
 
+pub mod chaos;
 pub mod in_process;
 pub mod linearizability;
 pub mod process;

@@ -104,6 +104,8 @@ pub struct Counterexample {
     pub state: Value,
     /// How many operations were linearized in that deepest search.
     pub linearized: usize,
+    /// The last operations of that deepest linearization, in order (how the state came about).
+    pub recent: Vec<Op>,
     /// Operations overlapping the stuck one in time (the ones an ordering could shuffle).
     pub concurrent: Vec<Op>,
 }
@@ -117,6 +119,12 @@ impl fmt::Display for Counterexample {
             self.state.clone().unwrap_or_else(|| "∅ (absent)".into())
         )?;
         writeln!(f, "  {}", self.stuck)?;
+        if !self.recent.is_empty() {
+            writeln!(f, "the last operations of that linearization, in order:")?;
+            for op in &self.recent {
+                writeln!(f, "  {op}")?;
+            }
+        }
         if !self.concurrent.is_empty() {
             writeln!(f, "concurrent with it:")?;
             for op in &self.concurrent {
@@ -347,8 +355,10 @@ fn check_key(ops: &[&Op], budget: Duration) -> Verdict {
     let mut stack: Vec<(usize, State)> = Vec::new(); // (call event index, state before it)
     let mut state: State = 0;
     let mut cursor = list.head;
-    // The deepest point reached, for the counterexample.
-    let mut deepest: (usize, State, usize) = (0, 0, NIL);
+    // The deepest point reached, for the counterexample: depth, state, stuck op, and the last
+    // few operations linearized on the way there.
+    const RECENT: usize = 6;
+    let mut deepest: (usize, State, usize, Vec<usize>) = (0, 0, NIL, Vec::new());
     let mut steps_taken: u64 = 0;
 
     loop {
@@ -379,10 +389,14 @@ fn check_key(ops: &[&Op], budget: Duration) -> Verdict {
         }
         // A return (or the end) whose op is not linearized: record the depth, backtrack.
         if stack.len() >= deepest.0 && cursor != NIL {
-            deepest = (stack.len(), state, list.events[cursor].op);
+            let recent = stack[stack.len().saturating_sub(RECENT)..]
+                .iter()
+                .map(|(call, _)| list.events[*call].op)
+                .collect();
+            deepest = (stack.len(), state, list.events[cursor].op, recent);
         }
         let Some((call, before)) = stack.pop() else {
-            let (depth, at_state, stuck) = deepest;
+            let (depth, at_state, stuck, recent) = deepest;
             let stuck = if stuck == NIL { 0 } else { stuck };
             let stuck_op = ops[stuck].clone();
             let concurrent = ops
@@ -398,6 +412,7 @@ fn check_key(ops: &[&Op], budget: Duration) -> Verdict {
                 stuck: stuck_op,
                 state: interner.value(at_state),
                 linearized: depth,
+                recent: recent.into_iter().map(|i| ops[i].clone()).collect(),
                 concurrent,
             });
         };

@@ -20,6 +20,8 @@ struct ProcNode {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// Flags for this node only (e.g. `--peer-route`).
+    flags: Vec<String>,
 }
 
 pub struct ProcessCluster {
@@ -37,10 +39,20 @@ impl ProcessCluster {
 
     /// Like [`Self::start`], passing `flags` to every node.
     pub fn start_with_flags(n: u64, flags: &[&str]) -> anyhow::Result<Self> {
+        let mut cluster = Self::prepare(n, flags, workspace_binary("raftkvd"))?;
+        for id in 1..=n {
+            cluster.start_node(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Allocates ports and a data dir for `n` nodes (ids 1..=n) without starting them, so a
+    /// caller can add per-node flags first; `bin` is the raftkvd to run.
+    pub fn prepare(n: u64, flags: &[&str], bin: PathBuf) -> anyhow::Result<Self> {
         crate::init_tracing();
         let mut cluster = Self {
             dir: TempDir::new()?,
-            bin: workspace_binary("raftkvd"),
+            bin,
             nodes: BTreeMap::new(),
             extra_flags: flags.iter().map(|s| s.to_string()).collect(),
         };
@@ -51,13 +63,41 @@ impl ProcessCluster {
                     client_port: free_port(),
                     peer_port: free_port(),
                     child: None,
+                    flags: Vec::new(),
                 },
             );
         }
-        for id in 1..=n {
-            cluster.start_node(id)?;
-        }
         Ok(cluster)
+    }
+
+    /// Ids of the cluster's nodes (running or not).
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The port node `id`'s peer API listens on.
+    pub fn peer_port(&self, id: NodeId) -> u16 {
+        self.nodes[&id].peer_port
+    }
+
+    /// Sets flags passed to node `id` only, from its next start on.
+    pub fn set_node_flags(&mut self, id: NodeId, flags: Vec<String>) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.flags = flags;
+        }
+    }
+
+    /// Whether node `id` has a process (running or paused).
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.child.is_some())
+    }
+
+    /// Copies every node's log into `dir`.
+    pub fn save_logs(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        for id in self.nodes.keys() {
+            std::fs::write(dir.join(format!("node{id}.log")), self.logs(*id))?;
+        }
+        Ok(())
     }
 
     fn initial_cluster(&self) -> String {
@@ -92,6 +132,7 @@ impl ProcessCluster {
             self.initial_cluster(),
         ];
         args.extend(self.extra_flags.iter().cloned());
+        args.extend(n.flags.iter().cloned());
         args
     }
 

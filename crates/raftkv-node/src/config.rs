@@ -125,6 +125,32 @@ impl fmt::Display for InitialCluster {
     }
 }
 
+/// `ID=HOST:PORT`: reach node ID's peer API at this address instead of the one in the
+/// membership (for proxies and NAT; the chaos tests route every link through a proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRoute {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+impl FromStr for PeerRoute {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::PeerRoute(format!("{s:?} is not ID=HOST:PORT"));
+        let (id, addr) = s.split_once('=').ok_or_else(bad)?;
+        let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+        let addr = addr.trim();
+        if !looks_like_host_port(addr) {
+            return Err(bad());
+        }
+        Ok(Self {
+            id,
+            addr: addr.to_string(),
+        })
+    }
+}
+
 /// A node's configuration. Parsed from flags by `raftkvd`; built directly by tests.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeConfig {
@@ -180,6 +206,11 @@ pub struct NodeConfig {
     /// sled page-cache size in MiB.
     #[arg(long, env = "RAFTKV_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
+
+    /// Reach a peer through another address than the membership's: `ID=HOST:PORT`; repeat or
+    /// separate with commas.
+    #[arg(long = "peer-route", env = "RAFTKV_PEER_ROUTES", value_delimiter = ',')]
+    pub peer_routes: Vec<PeerRoute>,
 }
 
 /// A configuration that cannot work, and why.
@@ -205,6 +236,8 @@ pub enum ConfigError {
     ZeroRequestTimeout,
     #[error("--cache-mb must be at least 1")]
     ZeroCache,
+    #[error("--peer-route: {0}")]
+    PeerRoute(String),
 }
 
 impl NodeConfig {
@@ -223,6 +256,7 @@ impl NodeConfig {
             snapshot_keep_logs: 1_000,
             request_timeout_ms: 30_000,
             cache_mb: 64,
+            peer_routes: Vec::new(),
         }
     }
 
@@ -345,6 +379,15 @@ mod tests {
         ] {
             assert!(bad.parse::<InitialCluster>().is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn peer_routes_parse() {
+        let r: PeerRoute = "2=127.0.0.1:9002".parse().unwrap();
+        assert_eq!((r.id, r.addr.as_str()), (2, "127.0.0.1:9002"));
+        assert!("2".parse::<PeerRoute>().is_err());
+        assert!("x=127.0.0.1:9002".parse::<PeerRoute>().is_err());
+        assert!("2=nowhere".parse::<PeerRoute>().is_err());
     }
 
     #[test]

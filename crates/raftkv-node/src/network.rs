@@ -136,6 +136,7 @@ pub struct PeerNetwork {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     faults: LinkFaults,
     incarnations: IncarnationRegistry,
+    routes: Arc<HashMap<NodeId, String>>,
 }
 
 impl PeerNetwork {
@@ -145,7 +146,19 @@ impl PeerNetwork {
             channels: Arc::default(),
             faults,
             incarnations,
+            routes: Arc::default(),
         }
+    }
+
+    /// Reaches the given peers through other addresses than the membership's (`--peer-route`).
+    pub fn with_routes(mut self, routes: impl IntoIterator<Item = (NodeId, String)>) -> Self {
+        self.routes = Arc::new(routes.into_iter().collect());
+        self
+    }
+
+    /// The address to reach node `id`'s peer API: its route if one is set, else `advertised`.
+    pub fn peer_addr<'a>(&'a self, id: NodeId, advertised: &'a str) -> &'a str {
+        self.routes.get(&id).map_or(advertised, String::as_str)
     }
 
     /// The link faults this node's outgoing peer traffic obeys.
@@ -175,11 +188,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        let addr = self.peer_addr(target, &node.peer_addr).to_string();
         PeerClient {
             me: self.me,
             target,
-            addr: node.peer_addr.clone(),
-            channel: self.channel(&node.peer_addr),
+            channel: self.channel(&addr),
+            addr,
             faults: self.faults.clone(),
             incarnations: self.incarnations.clone(),
         }

@@ -99,7 +99,8 @@ impl RunningNode {
         };
         let faults = LinkFaults::default();
         let incarnations = IncarnationRegistry::default();
-        let network = PeerNetwork::new(me, faults.clone(), incarnations.clone());
+        let network = PeerNetwork::new(me, faults.clone(), incarnations.clone())
+            .with_routes(config.peer_routes.iter().map(|r| (r.id, r.addr.clone())));
         let raft_config = config
             .raft_config()
             .validate()

@@ -185,7 +185,7 @@ async fn remote_read_index(id: NodeId, leader: NodeId, addr: &str, peers: &PeerN
     if peers.faults().is_blocked(leader) {
         return Err(no_leader("link cut (test fault injection)".into()));
     }
-    let channel = peers.channel(addr).map_err(no_leader)?;
+    let channel = peers.channel(peers.peer_addr(leader, addr)).map_err(no_leader)?;
     let mut request = tonic::Request::new(ReadIndexRequest { from: id });
     request.set_timeout(REMOTE_READ_INDEX_TIMEOUT);
     let mut client = RaftPeerClient::new(channel);

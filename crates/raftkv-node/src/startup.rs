@@ -100,7 +100,7 @@ pub async fn bootstrap(
         if *id == config.id {
             continue;
         }
-        let Ok(channel) = network.channel(&addr.peer_addr) else {
+        let Ok(channel) = network.channel(network.peer_addr(*id, &addr.peer_addr)) else {
             continue;
         };
         let mut client = RaftPeerClient::new(channel);
