@@ -13,8 +13,8 @@
 #   scripts/cluster.sh down        stop every node
 #   scripts/cluster.sh clean       stop every node and delete all data and logs
 #
-# Ports: node N serves clients on 7000+N and peers on 7100+N. Override with RAFTKV_CLIENT_PORT_BASE
-# and RAFTKV_PEER_PORT_BASE (the port of node N is BASE+N). RAFTKV_NODES sets the node count (3).
+# Ports: node N serves clients on 7000+N, peers on 7100+N and metrics on 7200+N. Override with
+# RAFTKV_CLIENT_PORT_BASE, RAFTKV_PEER_PORT_BASE, RAFTKV_METRICS_PORT_BASE (node N uses BASE+N). RAFTKV_NODES sets the node count (3).
 # Data, logs and PID files live in .cluster/ at the top of the checkout (git-ignored), or in
 # RAFTKV_CLUSTER_DIR. Extra raftkvd flags can be passed in RAFTKV_NODE_FLAGS. RAFTKV_BIN_DIR runs
 # binaries from that directory instead of building target/release.
@@ -25,6 +25,7 @@ DIR="${RAFTKV_CLUSTER_DIR:-$ROOT/.cluster}"
 NODES="${RAFTKV_NODES:-3}"
 CLIENT_BASE="${RAFTKV_CLIENT_PORT_BASE:-7000}"
 PEER_BASE="${RAFTKV_PEER_PORT_BASE:-7100}"
+METRICS_BASE="${RAFTKV_METRICS_PORT_BASE:-7200}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 # RAFTKV_BIN_DIR points at already-built binaries (the tests use the debug ones) and skips the build.
 BIN="${RAFTKV_BIN_DIR:-$TARGET_DIR/release}"
@@ -34,6 +35,7 @@ RAFTKV="$BIN/raftkv"
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
 client_port() { echo $((CLIENT_BASE + $1)); }
+metrics_port() { echo $((METRICS_BASE + $1)); }
 peer_port() { echo $((PEER_BASE + $1)); }
 endpoints() {
   local out="" i
@@ -85,18 +87,19 @@ start_node() {
   local n="$1" pid
   pid="$(running_pid "$n")"
   [[ -z "$pid" ]] || die "node $n is already running (pid $pid)"
-  local cp pp
-  cp="$(client_port "$n")"; pp="$(peer_port "$n")"
+  local cp pp mp
+  cp="$(client_port "$n")"; pp="$(peer_port "$n")"; mp="$(metrics_port "$n")"
   port_taken "$cp" && die "port $cp (node $n client API) is already in use; stop what listens there or set RAFTKV_CLIENT_PORT_BASE"
   port_taken "$pp" && die "port $pp (node $n peer API) is already in use; stop what listens there or set RAFTKV_PEER_PORT_BASE"
+  port_taken "$mp" && die "port $mp (node $n metrics) is already in use; stop what listens there or set RAFTKV_METRICS_PORT_BASE"
   mkdir -p "$DIR"
   # shellcheck disable=SC2086
   nohup "$RAFTKVD" --id "$n" --data-dir "$DIR/node$n" \
-    --client-addr "127.0.0.1:$cp" --peer-addr "127.0.0.1:$pp" \
+    --client-addr "127.0.0.1:$cp" --peer-addr "127.0.0.1:$pp" --metrics-addr "127.0.0.1:$mp" \
     --initial-cluster "$(initial_cluster)" ${RAFTKV_NODE_FLAGS:-} \
     >>"$(logfile "$n")" 2>&1 </dev/null &
   echo $! >"$(pidfile "$n")"
-  echo "node $n started (pid $!, client 127.0.0.1:$cp, peer 127.0.0.1:$pp)"
+  echo "node $n started (pid $!, client 127.0.0.1:$cp, peer 127.0.0.1:$pp, metrics http://127.0.0.1:$mp/metrics)"
 }
 
 signal_node() {

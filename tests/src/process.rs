@@ -19,6 +19,7 @@ use crate::{free_port, wait, workspace_binary};
 struct ProcNode {
     client_port: u16,
     peer_port: u16,
+    metrics_port: u16,
     child: Option<Child>,
     /// Flags for this node only (e.g. `--peer-route`).
     flags: Vec<String>,
@@ -62,6 +63,7 @@ impl ProcessCluster {
                 ProcNode {
                     client_port: free_port(),
                     peer_port: free_port(),
+                    metrics_port: free_port(),
                     child: None,
                     flags: Vec::new(),
                 },
@@ -130,6 +132,8 @@ impl ProcessCluster {
             format!("127.0.0.1:{}", n.peer_port),
             "--initial-cluster".into(),
             self.initial_cluster(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{}", n.metrics_port),
         ];
         args.extend(self.extra_flags.iter().cloned());
         args.extend(n.flags.iter().cloned());
@@ -190,6 +194,11 @@ impl ProcessCluster {
                 libc::kill(child.id() as i32, signal);
             }
         }
+    }
+
+    /// Address of node `id`'s /metrics, /healthz and /readyz.
+    pub fn metrics_addr(&self, id: NodeId) -> String {
+        format!("127.0.0.1:{}", self.nodes[&id].metrics_port)
     }
 
     pub fn client_addr(&self, id: NodeId) -> String {

@@ -11,17 +11,19 @@ struct Script {
     dir: tempfile::TempDir,
     client_base: u16,
     peer_base: u16,
+    metrics_base: u16,
     bin_dir: PathBuf,
 }
 
 impl Script {
     fn new() -> Self {
         let bin_dir = workspace_binary("raftkvd").parent().expect("bin dir").to_path_buf();
-        let (client_base, peer_base) = free_port_bases();
+        let [client_base, peer_base, metrics_base] = free_port_bases();
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
             client_base,
             peer_base,
+            metrics_base,
             bin_dir,
         }
     }
@@ -34,6 +36,7 @@ impl Script {
             .env("RAFTKV_CLUSTER_DIR", self.dir.path())
             .env("RAFTKV_CLIENT_PORT_BASE", self.client_base.to_string())
             .env("RAFTKV_PEER_PORT_BASE", self.peer_base.to_string())
+            .env("RAFTKV_METRICS_PORT_BASE", self.metrics_base.to_string())
             .output()
             .expect("run cluster.sh")
     }
@@ -67,8 +70,8 @@ impl Drop for Script {
     }
 }
 
-/// Two blocks of three free ports (client and peer), outside the ephemeral range.
-fn free_port_bases() -> (u16, u16) {
+/// Three blocks of three free ports (client, peer, metrics), outside the ephemeral range.
+fn free_port_bases() -> [u16; 3] {
     let free_block = |base: u16| (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
     let seed = std::process::id() as u16;
     let mut bases = (0..400u16)
@@ -76,7 +79,10 @@ fn free_port_bases() -> (u16, u16) {
         .filter(|b| free_block(*b));
     let client = bases.next().expect("a free client port block");
     let peer = bases.find(|b| b.abs_diff(client) > 3).expect("a free peer port block");
-    (client, peer)
+    let metrics = bases
+        .find(|b| b.abs_diff(client) > 3 && b.abs_diff(peer) > 3)
+        .expect("a free metrics port block");
+    [client, peer, metrics]
 }
 
 fn text(o: &Output) -> String {
@@ -146,6 +152,7 @@ fn cluster_script_up_kill_start_pause_down_clean() {
         .env("RAFTKV_CLUSTER_DIR", s.dir.path())
         .env("RAFTKV_CLIENT_PORT_BASE", s.client_base.to_string())
         .env("RAFTKV_PEER_PORT_BASE", s.peer_base.to_string())
+        .env("RAFTKV_METRICS_PORT_BASE", s.metrics_base.to_string())
         .output()
         .expect("run raftkv bench failover");
     assert!(bench.status.success(), "{}", text(&bench));

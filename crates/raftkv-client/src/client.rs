@@ -388,6 +388,8 @@ impl Client {
         let mut outcome_unknown = false;
         let mut redirect: Option<String> = None;
         let mut attempts = 0;
+        let request_id = MetadataValue::try_from(format!("{:016x}", rand::random::<u64>()))
+            .map_err(|e| ClientError::Config(format!("request id: {e}")))?;
         loop {
             if Instant::now() >= deadline || attempts >= config.retry.max_attempts {
                 let why = if attempts >= config.retry.max_attempts {
@@ -432,6 +434,7 @@ impl Client {
             let attempt_timeout = remaining.min(config.attempt_timeout);
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(attempt_timeout);
+            request.metadata_mut().insert(metadata::REQUEST_ID, request_id.clone());
             if let Some(t) = &ticket {
                 let md = request.metadata_mut();
                 md.insert(metadata::CLIENT_ID, MetadataValue::from(self.inner.sequence.client_id));

@@ -207,6 +207,11 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTKV_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
 
+    /// Address of the HTTP endpoints /metrics (Prometheus), /healthz and /readyz (port 0: any
+    /// free port).
+    #[arg(long, env = "RAFTKV_METRICS_ADDR", default_value = "127.0.0.1:7201")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Reach a peer through another address than the membership's: `ID=HOST:PORT`; repeat or
     /// separate with commas.
     #[arg(long = "peer-route", env = "RAFTKV_PEER_ROUTES", value_delimiter = ',')]
@@ -228,7 +233,7 @@ pub enum ConfigError {
     ElectionRange { min: u64, max: u64 },
     #[error("--election-min-ms ({min}) must be more than twice --heartbeat-ms ({heartbeat}), or followers will time out between heartbeats")]
     ElectionVsHeartbeat { min: u64, heartbeat: u64 },
-    #[error("--client-addr and --peer-addr must differ (both are {0})")]
+    #[error("--client-addr, --peer-addr and --metrics-addr must differ ({0} is used twice)")]
     SameAddr(SocketAddr),
     #[error("--snapshot-every must be at least 1")]
     ZeroSnapshotEvery,
@@ -256,6 +261,7 @@ impl NodeConfig {
             snapshot_keep_logs: 1_000,
             request_timeout_ms: 30_000,
             cache_mb: 64,
+            metrics_addr: None,
             peer_routes: Vec::new(),
         }
     }
@@ -288,6 +294,11 @@ impl NodeConfig {
         }
         if self.client_addr == self.peer_addr && self.client_addr.port() != 0 {
             return Err(ConfigError::SameAddr(self.client_addr));
+        }
+        if let Some(m) = self.metrics_addr {
+            if m.port() != 0 && (m == self.client_addr || m == self.peer_addr) {
+                return Err(ConfigError::SameAddr(m));
+            }
         }
         if self.snapshot_every == 0 {
             return Err(ConfigError::ZeroSnapshotEvery);

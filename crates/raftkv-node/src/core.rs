@@ -1,14 +1,21 @@
 //! `NodeCore`: what the gRPC services share: the Raft handle, the store, and the write and read
 //! paths every client call goes through.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use raftkv_proto::metadata;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
 use raftkv_proto::v1::{Consistency, ResponseHeader};
-use raftkv_store::command::{ClientSession, Command, Request, Response};
+use raftkv_store::command::{ClientSession, Command, Request as SmRequest, Response as SmResponse};
 use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreHandle};
 
 use crate::error::ApiError;
+use crate::metrics::NodeMetrics;
 use crate::read_index::ReadPath;
 
 /// Shared by the client-facing services of one node. Cheap to clone.
@@ -18,9 +25,41 @@ pub struct NodeCore {
     pub raft: Raft,
     pub store: StoreHandle,
     pub read_path: ReadPath,
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl NodeCore {
+    /// Runs one client API call: in a tracing span carrying the node, the RPC, the client's
+    /// request id and the term, timed and counted by status code.
+    pub async fn serve<T, R, F, Fut>(
+        &self,
+        rpc: &'static str,
+        request: Request<T>,
+        handler: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let request_id = request
+            .metadata()
+            .get(metadata::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        let term = self.raft.metrics().borrow().current_term;
+        let span = tracing::info_span!("request", node = self.id, rpc, request_id = %request_id, term);
+        let result = self
+            .metrics
+            .observe(rpc, handler(request))
+            .instrument(span.clone())
+            .await;
+        if let Err(status) = &result {
+            span.in_scope(|| tracing::debug!(code = ?status.code(), message = status.message(), "call failed"));
+        }
+        result
+    }
+
     /// The header every client reply carries.
     pub fn header(&self) -> ResponseHeader {
         let (term, leader) = {
@@ -40,15 +79,15 @@ impl NodeCore {
     /// Proposes `command` through Raft and waits until it is committed and applied here. With a
     /// `session`, a retry of a write already applied gets the first answer instead of applying
     /// again.
-    pub async fn write(&self, command: Command, session: Option<ClientSession>) -> Result<Response, ApiError> {
-        let request = Request {
+    pub async fn write(&self, command: Command, session: Option<ClientSession>) -> Result<SmResponse, ApiError> {
+        let request = SmRequest {
             timestamp_ms: now_millis(),
             session,
             command,
         };
         match self.raft.client_write(request).await {
             Ok(r) => match r.data {
-                Response::AlreadyAcknowledged { client_id, seq } => {
+                SmResponse::AlreadyAcknowledged { client_id, seq } => {
                     Err(ApiError::AlreadyAcknowledged { client_id, seq })
                 }
                 data => Ok(data),

@@ -34,83 +34,103 @@ fn unexpected(resp: SmResponse) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let session = session(request.metadata())?;
-        let command = put_command(request.into_inner())?;
-        match self.core.write(command, session).await? {
-            SmResponse::Put { revision, prev_kv } => Ok(Response::new(PutResponse {
-                header: Some(self.core.header()),
-                revision,
-                prev_kv: prev_kv.map(to_pb),
-            })),
-            other => Err(unexpected(other)),
-        }
+        self.core
+            .serve("Put", request, |request| async move {
+                let session = session(request.metadata())?;
+                let command = put_command(request.into_inner())?;
+                match self.core.write(command, session).await? {
+                    SmResponse::Put { revision, prev_kv } => Ok(Response::new(PutResponse {
+                        header: Some(self.core.header()),
+                        revision,
+                        prev_kv: prev_kv.map(to_pb),
+                    })),
+                    other => Err(unexpected(other)),
+                }
+            })
+            .await
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let r = request.into_inner();
-        validate_key(&r.key)?;
-        self.core.read_barrier(consistency(r.consistency)?).await?;
-        let kv = self.core.store.reader().get(&r.key).map_err(ApiError::from)?;
-        Ok(Response::new(GetResponse {
-            header: Some(self.core.header()),
-            kv: kv.map(to_pb),
-        }))
+        self.core
+            .serve("Get", request, |request| async move {
+                let r = request.into_inner();
+                validate_key(&r.key)?;
+                self.core.read_barrier(consistency(r.consistency)?).await?;
+                let kv = self.core.store.reader().get(&r.key).map_err(ApiError::from)?;
+                Ok(Response::new(GetResponse {
+                    header: Some(self.core.header()),
+                    kv: kv.map(to_pb),
+                }))
+            })
+            .await
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let session = session(request.metadata())?;
-        let command = delete_command(&request.into_inner())?;
-        match self.core.write(command, session).await? {
-            SmResponse::Delete {
-                revision,
-                deleted,
-                prev_kvs,
-            } => Ok(Response::new(DeleteResponse {
-                header: Some(self.core.header()),
-                revision,
-                deleted,
-                prev_kv: prev_kvs.first().cloned().map(to_pb),
-                prev_kvs: prev_kvs.into_iter().map(to_pb).collect(),
-            })),
-            other => Err(unexpected(other)),
-        }
+        self.core
+            .serve("Delete", request, |request| async move {
+                let session = session(request.metadata())?;
+                let command = delete_command(&request.into_inner())?;
+                match self.core.write(command, session).await? {
+                    SmResponse::Delete {
+                        revision,
+                        deleted,
+                        prev_kvs,
+                    } => Ok(Response::new(DeleteResponse {
+                        header: Some(self.core.header()),
+                        revision,
+                        deleted,
+                        prev_kv: prev_kvs.first().cloned().map(to_pb),
+                        prev_kvs: prev_kvs.into_iter().map(to_pb).collect(),
+                    })),
+                    other => Err(unexpected(other)),
+                }
+            })
+            .await
     }
 
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let r = request.into_inner();
-        let query = range_query(&r)?;
-        self.core.read_barrier(consistency(r.consistency)?).await?;
-        let result = self.core.store.reader().range(&query).map_err(ApiError::from)?;
-        let mut header = self.core.header();
-        header.revision = result.revision;
-        let next = match (result.more, result.kvs.last()) {
-            (true, Some(last)) => next_key(query.reverse, &last.key),
-            _ => Vec::new(),
-        };
-        Ok(Response::new(RangeResponse {
-            header: Some(header),
-            kvs: result.kvs.into_iter().map(to_pb).collect(),
-            more: result.more,
-            count: result.count,
-            next_key: next,
-        }))
+        self.core
+            .serve("Range", request, |request| async move {
+                let r = request.into_inner();
+                let query = range_query(&r)?;
+                self.core.read_barrier(consistency(r.consistency)?).await?;
+                let result = self.core.store.reader().range(&query).map_err(ApiError::from)?;
+                let mut header = self.core.header();
+                header.revision = result.revision;
+                let next = match (result.more, result.kvs.last()) {
+                    (true, Some(last)) => next_key(query.reverse, &last.key),
+                    _ => Vec::new(),
+                };
+                Ok(Response::new(RangeResponse {
+                    header: Some(header),
+                    kvs: result.kvs.into_iter().map(to_pb).collect(),
+                    more: result.more,
+                    count: result.count,
+                    next_key: next,
+                }))
+            })
+            .await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let session = session(request.metadata())?;
-        let command = txn_command(request.into_inner())?;
-        match self.core.write(command, session).await? {
-            SmResponse::Txn {
-                revision,
-                succeeded,
-                results,
-            } => Ok(Response::new(TxnResponse {
-                header: Some(self.core.header()),
-                succeeded,
-                responses: results.into_iter().map(|r| txn_op_response(revision, r)).collect(),
-                revision,
-            })),
-            other => Err(unexpected(other)),
-        }
+        self.core
+            .serve("Txn", request, |request| async move {
+                let session = session(request.metadata())?;
+                let command = txn_command(request.into_inner())?;
+                match self.core.write(command, session).await? {
+                    SmResponse::Txn {
+                        revision,
+                        succeeded,
+                        results,
+                    } => Ok(Response::new(TxnResponse {
+                        header: Some(self.core.header()),
+                        succeeded,
+                        responses: results.into_iter().map(|r| txn_op_response(revision, r)).collect(),
+                        revision,
+                    })),
+                    other => Err(unexpected(other)),
+                }
+            })
+            .await
     }
 }

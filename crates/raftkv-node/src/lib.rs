@@ -12,15 +12,18 @@
 //! - [`kv_service`], [`cluster_service`]: the public gRPC API; [`request`]: validating and
 //!   converting its messages;
 //! - [`peer_service`], [`network`]: the node-to-node API, server and client sides;
-//! - [`error`]: `ApiError` and its one mapping to gRPC status codes.
+//! - [`error`]: `ApiError` and its one mapping to gRPC status codes;
+//! - [`metrics`], [`health`]: Prometheus metrics, health checks, /metrics /healthz /readyz.
 
 pub mod cluster_service;
 pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod error;
+pub mod health;
 pub mod identity;
 pub mod kv_service;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod peer_service;

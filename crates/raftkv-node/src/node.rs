@@ -21,8 +21,10 @@ use tonic::transport::Server;
 use crate::cluster_service::ClusterService;
 use crate::config::{NodeConfig, MAX_VALUE_BYTES};
 use crate::core::NodeCore;
+use crate::health::{self, HealthState};
 use crate::identity;
 use crate::kv_service::KvService;
+use crate::metrics::{self, NodeMetrics};
 use crate::network::{IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES};
 use crate::peer_service::PeerService;
 use crate::read_index::ReadPath;
@@ -43,12 +45,16 @@ pub struct RunningNode {
     pub client_addr: SocketAddr,
     /// Where the peer API actually listens.
     pub peer_addr: SocketAddr,
+    /// Where /metrics, /healthz and /readyz are served, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// Test hook to cut this node's outgoing peer links.
     pub faults: LinkFaults,
+    /// The node's current health verdict.
+    pub health: HealthState,
     shutdown: watch::Sender<bool>,
     client_server: JoinHandle<()>,
     peer_server: JoinHandle<()>,
-    watcher: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
@@ -85,13 +91,20 @@ impl RunningNode {
         let store_config = StoreConfig {
             cache_capacity_bytes: config.cache_mb * 1024 * 1024,
         };
+        let metrics = NodeMetrics::new(config.id).map_err(|e| StartupError::Io(format!("metrics: {e}")))?;
         let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || raftkv_store::open(&data_dir, &store_config))
-            .await
-            .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))??;
+        let observer: Arc<dyn raftkv_store::StoreObserver> = metrics.clone();
+        let store =
+            tokio::task::spawn_blocking(move || raftkv_store::open_observed(&data_dir, &store_config, observer))
+                .await
+                .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))??;
         let summary = store.handle.summary()?;
         startup::check_store(&config.data_dir.display().to_string(), &summary)?;
         let identity = identity::ensure(&config.data_dir, config.id, found_identity, summary.is_pristine())?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
 
         let me = Sender {
             id: config.id,
@@ -123,6 +136,7 @@ impl RunningNode {
             raft: raft.clone(),
             store: handle.clone(),
             read_path: read_path.clone(),
+            metrics: metrics.clone(),
         };
 
         let peer_service = PeerService::new(raft.clone(), me, handle.clone(), incarnations, read_path.confirm);
@@ -137,21 +151,57 @@ impl RunningNode {
         );
         let kv = KvServer::new(KvService::new(core.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
         let cluster = ClusterServer::new(ClusterService::new(core.clone()));
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(raftkv_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("raftkv.v1.KV")
+            .with_service_name("raftkv.v1.Cluster")
+            .with_service_name("grpc.health.v1.Health")
+            .build_v1()
+            .map_err(|e| StartupError::Io(format!("reflection: {e}")))?;
         let client_server = spawn_server(
             "client",
             Server::builder()
                 .timeout(config.request_timeout())
                 .add_service(kv)
-                .add_service(cluster),
+                .add_service(cluster)
+                .add_service(health_service)
+                .add_service(reflection),
             client_listener,
             shutdown_rx.clone(),
         );
-        let watcher = tokio::spawn(watch_leadership(core, shutdown_rx));
+        let health = HealthState::default();
+        let mut background = vec![
+            tokio::spawn(watch_leadership(core.clone(), shutdown_rx.clone())),
+            health::spawn_checker(
+                core.clone(),
+                health_reporter,
+                health.clone(),
+                config.election_max_ms,
+                shutdown_rx.clone(),
+            ),
+        ];
+        let metrics_addr = match metrics_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(|e| StartupError::Io(e.to_string()))?;
+                background.push(metrics::serve_http(
+                    listener,
+                    metrics,
+                    core,
+                    health.clone(),
+                    shutdown_rx,
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
 
         tracing::info!(
             id = config.id,
             %client_addr,
             %peer_addr,
+            metrics_addr = ?metrics_addr,
             data_dir = %config.data_dir.display(),
             "node started"
         );
@@ -161,11 +211,13 @@ impl RunningNode {
             store: handle,
             client_addr,
             peer_addr,
+            metrics_addr,
             faults,
+            health,
             shutdown,
             client_server,
             peer_server,
-            watcher,
+            background,
         };
         if let Err(e) = startup::bootstrap(&node.raft, &config, &summary, &network).await {
             node.shutdown().await;
@@ -186,7 +238,9 @@ impl RunningNode {
             tracing::warn!("raft shutdown: {e}");
         }
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, self.peer_server).await;
-        let _ = self.watcher.await;
+        for task in self.background {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
+        }
         if let Err(e) = self.store.flush() {
             tracing::error!("final flush failed: {e}");
         }
@@ -221,6 +275,7 @@ async fn watch_leadership(core: NodeCore, mut shutdown: watch::Receiver<bool>) {
         let m = metrics.borrow_and_update().clone();
         let term = m.vote.leader_id().term;
         if m.current_leader != last_leader {
+            core.metrics.leader_changed();
             match m.current_leader {
                 Some(leader) => tracing::info!(term, leader, "leader elected"),
                 None => tracing::info!(term, previous = ?last_leader, "leader lost"),

@@ -8,6 +8,9 @@ pub mod v1 {
     tonic::include_proto!("raftkv.v1");
 }
 
+/// The encoded `FileDescriptorSet` of raftkv's protos, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("raftkv_descriptor");
+
 /// gRPC metadata keys the server attaches to an `UNAVAILABLE` status, so a client can follow
 /// the leader without parsing messages.
 pub mod metadata {
@@ -17,6 +20,10 @@ pub mod metadata {
     pub const LEADER_ADDR: &str = "raftkv-leader-addr";
     /// Machine-readable reason for the error; see [`crate::error_kind`].
     pub const ERROR_KIND: &str = "raftkv-error";
+
+    /// A random id the client gives each call (the same on its retries), logged by the server
+    /// in the call's span so one call can be followed across attempts and nodes.
+    pub const REQUEST_ID: &str = "raftkv-request-id";
 
     /// Exactly-once writes (request metadata on Put, Delete, Txn): the client's random id.
     pub const CLIENT_ID: &str = "raftkv-client-id";

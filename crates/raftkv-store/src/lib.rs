@@ -34,6 +34,20 @@ pub use types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 
 use crate::snapshot::SnapshotFiles;
 
+/// Receives storage timings, so the node can export them as metrics without the store knowing
+/// any metrics library. Every method has a do-nothing default.
+pub trait StoreObserver: Send + Sync + 'static {
+    /// One fsync of the database (log appends, votes, purges, snapshots) took `took`.
+    fn fsync(&self, _took: std::time::Duration) {}
+    /// One `apply` call of `entries` log entries took `took`.
+    fn applied(&self, _entries: usize, _took: std::time::Duration) {}
+}
+
+/// The observer used when nobody asks for timings.
+pub struct NoTimings;
+
+impl StoreObserver for NoTimings {}
+
 /// Storage tuning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -91,15 +105,24 @@ impl StoreSummary {
 
 /// Opens (creating if needed) the store in `dir`.
 pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
+    open_observed(dir, config, std::sync::Arc::new(NoTimings))
+}
+
+/// Like [`open`], reporting fsync and apply timings to `observer`.
+pub fn open_observed(
+    dir: &Path,
+    config: &StoreConfig,
+    observer: std::sync::Arc<dyn StoreObserver>,
+) -> Result<Store, StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
     let db = sled::Config::new()
         .path(dir.join("db"))
         .cache_capacity(config.cache_capacity_bytes)
         .mode(sled::Mode::LowSpace)
         .open()?;
-    let log_store = LogStore::open(&db)?;
+    let log_store = LogStore::open(&db, observer.clone())?;
     let snapshots = SnapshotFiles::new(dir.join("snapshot"))?;
-    let state_machine = StateMachineStore::open(&db, snapshots.clone())?;
+    let state_machine = StateMachineStore::open(&db, snapshots.clone(), observer)?;
     let handle = StoreHandle {
         db,
         dir: dir.to_path_buf(),

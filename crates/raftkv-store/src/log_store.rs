@@ -20,8 +20,12 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::codec;
 use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
+use crate::StoreObserver;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
@@ -36,6 +40,7 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    observer: Arc<dyn StoreObserver>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -55,12 +60,21 @@ fn write_logs_err<E: std::error::Error + 'static>(e: &E) -> StorageError {
 }
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &sled::Db, observer: Arc<dyn StoreObserver>) -> Result<Self, sled::Error> {
         Ok(Self {
             db: db.clone(),
             log: db.open_tree(LOG_TREE)?,
             meta: db.open_tree(META_TREE)?,
+            observer,
         })
+    }
+
+    /// fsyncs the whole database (sled flushes every tree at once), timing it.
+    async fn flush(&self) -> Result<(), sled::Error> {
+        let started = Instant::now();
+        self.db.flush_async().await?;
+        self.observer.fsync(started.elapsed());
+        Ok(())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -94,11 +108,7 @@ impl LogStore {
     }
 
     async fn fsync(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
-        Ok(())
+        self.flush().await.map_err(|e| io_err(subject, ErrorVerb::Write, &e))
     }
 
     /// The last purged log id, if any.
@@ -210,8 +220,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Readable on return...
         self.log.apply_batch(batch).map_err(|e| write_logs_err(&e))?;
         // ...durable before openraft is told so.
-        match self.db.flush_async().await {
-            Ok(_) => {
+        match self.flush().await {
+            Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }

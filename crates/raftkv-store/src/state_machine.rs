@@ -38,6 +38,7 @@ use crate::error::StoreError;
 use crate::sessions::{session_key, Admission, SessionRecord, SESSION_GC_INTERVAL_MS, SESSION_PREFIX};
 use crate::snapshot::{Record, SnapshotFiles, SnapshotPayload};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::StoreObserver;
 
 const CONTROL_TREE: &str = "sm_control";
 const STATE_TREE_PREFIX: &str = "sm_state.";
@@ -255,10 +256,15 @@ impl StateReader {
 pub struct StateMachineStore {
     shared: Arc<Shared>,
     snapshots: SnapshotFiles,
+    observer: Arc<dyn StoreObserver>,
 }
 
 impl StateMachineStore {
-    pub(crate) fn open(db: &sled::Db, snapshots: SnapshotFiles) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        snapshots: SnapshotFiles,
+        observer: Arc<dyn StoreObserver>,
+    ) -> Result<Self, StoreError> {
         let control = db.open_tree(CONTROL_TREE)?;
         let generation = match control.get(KEY_GENERATION)? {
             None => 0,
@@ -293,6 +299,7 @@ impl StateMachineStore {
                 cluster_id: AtomicU64::new(cluster_id),
             }),
             snapshots,
+            observer,
         })
     }
 
@@ -642,6 +649,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let started = std::time::Instant::now();
         let tree = self.tree();
         let mut applier = BatchApplier::new(&tree);
         let mut responses = Vec::new();
@@ -683,6 +691,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             self.shared.applied_index.store(last_applied.index, Ordering::Release);
         }
+        self.observer.applied(responses.len(), started.elapsed());
         Ok(responses)
     }
 

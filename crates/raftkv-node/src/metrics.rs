@@ -1,0 +1,315 @@
+//! `NodeMetrics`: the node's Prometheus metrics, and the HTTP endpoints that serve them with the
+//! health probes (`/metrics`, `/healthz`, `/readyz` on `--metrics-addr`).
+//!
+//! State gauges (role, term, indexes, lag, db size) are read from Raft and the store when
+//! scraped, so they are never stale; event counters (leader changes, requests) and latency
+//! histograms (requests, fsync, apply) are updated as things happen.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use openraft::ServerState;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use raftkv_store::StoreObserver;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::core::NodeCore;
+use crate::health::HealthState;
+
+/// Latency buckets, seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every metric a node exports.
+pub struct NodeMetrics {
+    registry: Registry,
+    role: IntGaugeVec,
+    term: IntGauge,
+    leader_id: IntGauge,
+    last_log_index: IntGauge,
+    committed_index: IntGauge,
+    applied_index: IntGauge,
+    snapshot_index: IntGauge,
+    purged_index: IntGauge,
+    db_size_bytes: IntGauge,
+    replication_lag: IntGaugeVec,
+    millis_since_quorum_ack: IntGauge,
+    serving: IntGauge,
+    leader_changes: IntCounter,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    linearizable_reads: IntCounter,
+    read_index_rounds: IntCounter,
+    leadership_confirmations: IntCounter,
+    fsync_seconds: Histogram,
+    apply_seconds: Histogram,
+    applied_entries: IntCounter,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl NodeMetrics {
+    /// Creates and registers every metric, labelled with the node id.
+    pub fn new(node_id: u64) -> prometheus::Result<Arc<Self>> {
+        let registry = Registry::new_custom(
+            Some("raftkv".into()),
+            Some([("node".to_string(), node_id.to_string())].into()),
+        )?;
+        let role = IntGaugeVec::new(
+            Opts::new("role", "1 for the node's current Raft role, 0 for the others"),
+            &["role"],
+        )?;
+        registry.register(Box::new(role.clone()))?;
+        let replication_lag = IntGaugeVec::new(
+            Opts::new(
+                "replication_lag_entries",
+                "On the leader: log entries each follower is behind the leader's last log index",
+            ),
+            &["follower"],
+        )?;
+        registry.register(Box::new(replication_lag.clone()))?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Client API calls, by RPC and gRPC status code"),
+            &["rpc", "code"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Client API call latency, by RPC")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["rpc"],
+        )?;
+        registry.register(Box::new(request_seconds.clone()))?;
+        Ok(Arc::new(Self {
+            term: gauge(&registry, "term", "Current Raft term")?,
+            leader_id: gauge(&registry, "leader_id", "Id of the leader this node knows (0: none)")?,
+            last_log_index: gauge(
+                &registry,
+                "last_log_index",
+                "Index of the last entry in this node's log",
+            )?,
+            committed_index: gauge(&registry, "committed_index", "Highest log index known committed")?,
+            applied_index: gauge(
+                &registry,
+                "applied_index",
+                "Highest log index applied to the state machine",
+            )?,
+            snapshot_index: gauge(
+                &registry,
+                "snapshot_index",
+                "Last log index covered by the current snapshot",
+            )?,
+            purged_index: gauge(&registry, "purged_index", "Highest log index purged from the log")?,
+            db_size_bytes: gauge(&registry, "db_size_bytes", "Bytes the data directory holds on disk")?,
+            millis_since_quorum_ack: gauge(
+                &registry,
+                "leader_millis_since_quorum_ack",
+                "On the leader: ms since a quorum last acknowledged it (-1 elsewhere)",
+            )?,
+            serving: gauge(&registry, "serving", "1 when the node reports SERVING to health checks")?,
+            leader_changes: counter(
+                &registry,
+                "leader_changes_total",
+                "Times the leader this node knows changed",
+            )?,
+            linearizable_reads: counter(&registry, "linearizable_reads_total", "Linearizable reads served")?,
+            read_index_rounds: counter(
+                &registry,
+                "read_index_rounds_total",
+                "Read-index rounds run for them (concurrent reads share one)",
+            )?,
+            leadership_confirmations: counter(
+                &registry,
+                "leadership_confirmations_total",
+                "Quorum confirmations this node ran as leader",
+            )?,
+            fsync_seconds: histogram(&registry, "fsync_duration_seconds", "Database fsync latency")?,
+            apply_seconds: histogram(
+                &registry,
+                "apply_duration_seconds",
+                "State machine apply latency, per batch",
+            )?,
+            applied_entries: counter(
+                &registry,
+                "applied_entries_total",
+                "Log entries applied to the state machine",
+            )?,
+            role,
+            replication_lag,
+            requests,
+            request_seconds,
+            registry,
+        }))
+    }
+
+    /// Counts a leader change.
+    pub fn leader_changed(&self) {
+        self.leader_changes.inc();
+    }
+
+    /// Times a client API call and counts it under its gRPC status code.
+    pub async fn observe<T, F>(&self, rpc: &'static str, call: F) -> Result<T, tonic::Status>
+    where
+        F: Future<Output = Result<T, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let result = call.await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.request_seconds
+            .with_label_values(&[rpc])
+            .observe(started.elapsed().as_secs_f64());
+        self.requests.with_label_values(&[rpc, &format!("{code:?}")]).inc();
+        result
+    }
+
+    /// Sets a counter that mirrors a monotonic value kept elsewhere.
+    fn mirror(counter: &IntCounter, value: u64) {
+        let current = counter.get();
+        if value > current {
+            counter.inc_by(value - current);
+        }
+    }
+
+    /// Reads the current state into the gauges.
+    async fn refresh(&self, core: &NodeCore, health: &HealthState) {
+        let m = core.raft.metrics().borrow().clone();
+        for (name, state) in [
+            ("leader", ServerState::Leader),
+            ("follower", ServerState::Follower),
+            ("candidate", ServerState::Candidate),
+            ("learner", ServerState::Learner),
+            ("shutdown", ServerState::Shutdown),
+        ] {
+            self.role.with_label_values(&[name]).set(i64::from(m.state == state));
+        }
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.term.set(as_i64(m.current_term));
+        self.leader_id.set(as_i64(m.current_leader.unwrap_or(0)));
+        let last_log = m.last_log_index.unwrap_or(0);
+        self.last_log_index.set(as_i64(last_log));
+        self.applied_index.set(as_i64(m.last_applied.map_or(0, |l| l.index)));
+        self.snapshot_index.set(as_i64(m.snapshot.map_or(0, |l| l.index)));
+        self.purged_index.set(as_i64(m.purged.map_or(0, |l| l.index)));
+        if let Ok(committed) = core.raft.with_raft_state(|s| s.committed).await {
+            self.committed_index.set(as_i64(committed.map_or(0, |c| c.index)));
+        }
+        self.db_size_bytes.set(as_i64(core.store.size_on_disk()));
+        self.replication_lag.reset();
+        if let Some(replication) = &m.replication {
+            for (follower, matched) in replication {
+                let lag = last_log.saturating_sub(matched.map_or(0, |l| l.index));
+                self.replication_lag
+                    .with_label_values(&[&follower.to_string()])
+                    .set(as_i64(lag));
+            }
+        }
+        self.millis_since_quorum_ack
+            .set(m.millis_since_quorum_ack.map_or(-1, as_i64));
+        self.serving.set(i64::from(health.current().serving));
+        Self::mirror(&self.linearizable_reads, core.read_path.reads.requests());
+        Self::mirror(&self.read_index_rounds, core.read_path.reads.rounds());
+        Self::mirror(&self.leadership_confirmations, core.read_path.confirm.rounds());
+    }
+
+    /// The metrics in Prometheus text format.
+    pub async fn render(&self, core: &NodeCore, health: &HealthState) -> String {
+        self.refresh(core, health).await;
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl StoreObserver for NodeMetrics {
+    fn fsync(&self, took: Duration) {
+        self.fsync_seconds.observe(took.as_secs_f64());
+    }
+
+    fn applied(&self, entries: usize, took: Duration) {
+        self.apply_seconds.observe(took.as_secs_f64());
+        self.applied_entries.inc_by(entries as u64);
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<NodeMetrics>,
+    core: NodeCore,
+    health: HealthState,
+}
+
+async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
+    let body = s.metrics.render(&s.core, &s.health).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
+    let h = s.health.current();
+    if h.serving {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", h.reason))
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (alive) and `/readyz` (SERVING) until `shutdown`.
+pub fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<NodeMetrics>,
+    core: NodeCore,
+    health: HealthState,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState { metrics, core, health });
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
+            tracing::error!("metrics server failed: {e}");
+        }
+    })
+}
