@@ -142,6 +142,13 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
     assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1);
     assert!(nodes.iter().all(|n| n["addr"].is_string() && n["id"].is_u64()));
 
+    let watch = raftkv(&ep, &["cluster", "watch", "--once", "-o", "json"]);
+    assert_eq!(watch.code, 0, "{}", watch.stderr);
+    let v: serde_json::Value = serde_json::from_str(&watch.stdout)?;
+    let leader = v["leader"].as_u64().expect("a leader");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(3));
+    assert!(v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == leader && n["role"] == "leader"));
+
     let table = raftkv(&ep, &["cluster", "status"]);
     assert!(table.stdout.contains("voters up 3/3 (quorum 2)"), "{}", table.stdout);
     Ok(())

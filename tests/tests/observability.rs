@@ -14,7 +14,9 @@ use tonic_health::pb::HealthCheckRequest;
 const T: Duration = Duration::from_secs(10);
 
 async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?)
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?)
 }
 
 async fn with_metrics() -> anyhow::Result<InProcessCluster> {
@@ -95,7 +97,10 @@ async fn metrics_move_with_the_cluster() -> anyhow::Result<()> {
     let after = scrape(&cluster, leader).await?;
     assert!(value(&after, "applied_index", leader) >= value(&before, "applied_index", leader) + 20.0);
     assert_eq!(after[&format!("raftkv_role{{role=\"leader\",node=\"{leader}\"}}")], 1.0);
-    assert_eq!(after[&format!("raftkv_role{{role=\"follower\",node=\"{leader}\"}}")], 0.0);
+    assert_eq!(
+        after[&format!("raftkv_role{{role=\"follower\",node=\"{leader}\"}}")],
+        0.0
+    );
     let puts = after
         .iter()
         .filter(|(k, _)| k.contains("requests_total") && k.contains("rpc=\"Put\"") && k.contains("code=\"Ok\""))

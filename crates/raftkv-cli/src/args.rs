@@ -132,6 +132,15 @@ pub enum ClusterCommand {
     Status,
     /// Print the leader's id and client address (`ID ADDR`); exit code 3 if there is none.
     Leader,
+    /// A live view of every node and a timeline of leader changes and node failures (q quits).
+    Watch {
+        /// Print one sample and exit (with -o json: one JSON object).
+        #[arg(long)]
+        once: bool,
+        /// How often to refresh.
+        #[arg(long, default_value = "250ms")]
+        interval: DurationArg,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! raftkv-cli: the `raftkv` command-line tool — data commands (`put`, `get`, `del`, `range`,
-//! `cas`, `txn`), cluster administration (`cluster status`, `cluster leader`) and a load
+//! `cas`, `txn`), cluster administration (`cluster status`, `cluster leader`, `cluster watch`)
+//! and a load
 //! generator (`bench`).
 //!
 //! Exit codes, for scripts: 0 success; 1 key not found, or a compare that did not hold (`cas`,
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod failover_bench;
 pub mod output;
 pub mod txn_syntax;
+pub mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -287,6 +289,31 @@ pub async fn run(cli: Cli) -> u8 {
                 None => {
                     eprintln!("raftkv: no leader is known (endpoints: {})", cli.endpoints);
                     EXIT_UNAVAILABLE
+                }
+            }
+        }
+        Command::Cluster {
+            command: ClusterCommand::Watch { once, interval },
+        } => {
+            if once {
+                let sample = watch::sample(&client).await;
+                let code = if sample.nodes.iter().any(|n| n.reachable) {
+                    0
+                } else {
+                    EXIT_UNAVAILABLE
+                };
+                if json {
+                    print(&format!("{}\n", sample.json()));
+                } else {
+                    print(&output::status_table(&client.cluster_status().await));
+                }
+                return code;
+            }
+            match watch::run_live(&client, &cli.endpoints, interval.0).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("raftkv: the terminal view failed: {e} (try --once)");
+                    EXIT_SERVER_ERROR
                 }
             }
         }

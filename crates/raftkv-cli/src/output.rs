@@ -165,7 +165,7 @@ pub fn range_text(r: &RangeResponse, count_only: bool, keys_only: bool) -> Strin
     out
 }
 
-fn role_name(role: i32) -> &'static str {
+pub fn role_name(role: i32) -> &'static str {
     match Role::try_from(role) {
         Ok(Role::Leader) => "leader",
         Ok(Role::Follower) => "follower",
@@ -195,7 +195,7 @@ fn voter_counts(reports: &[NodeReport]) -> Option<(usize, usize, usize)> {
     Some((up, voters.len(), voters.len() / 2 + 1))
 }
 
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut unit = 0;
