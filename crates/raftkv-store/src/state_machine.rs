@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
@@ -52,6 +52,8 @@ const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
 const KEY_CLOCK: &[u8] = b"m/clock";
 /// Log-clock time of the last expired-session sweep.
 const KEY_SESSION_GC: &[u8] = b"m/session_gc";
+/// Ids of nodes removed from the membership: never to be reused.
+const KEY_REMOVED_IDS: &[u8] = b"m/removed_ids";
 
 /// A user key's value and revision metadata as stored (the key itself is the tree key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +146,20 @@ struct Shared {
     state: RwLock<StateTree>,
     applied_index: AtomicU64,
     cluster_id: AtomicU64,
+    /// While a snapshot is being built, the snapshot-point values of records changed since.
+    snapshot_view: Mutex<Option<SnapshotView>>,
+    /// Numbers snapshot views, so a builder only ever ends its own.
+    next_view: AtomicU64,
+}
+
+/// The value each record had at a snapshot point, for every record changed since (None: it did
+/// not exist then). See [`StateSnapshotBuilder`].
+struct SnapshotView {
+    token: u64,
+    /// Set when a snapshot install replaces the tree the builder scans: that tree changes no
+    /// more, so nothing further needs saving (and the new tree's values must not be).
+    closed: bool,
+    before: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Shared {
@@ -235,6 +251,12 @@ impl StateReader {
         Ok(out)
     }
 
+    /// Ids of nodes that were removed from the cluster; they must never be reused.
+    pub fn removed_ids(&self) -> Result<BTreeSet<u64>, StoreError> {
+        let state = self.shared.state();
+        Ok(read_record(&state.tree, KEY_REMOVED_IDS)?.unwrap_or_default())
+    }
+
     /// Whether the state holds any user key (for start-up consistency checks).
     pub fn has_user_data(&self) -> Result<bool, StoreError> {
         let state = self.shared.state();
@@ -297,6 +319,8 @@ impl StateMachineStore {
                 state: RwLock::new(StateTree { generation, tree }),
                 applied_index: AtomicU64::new(applied.map_or(0, |l| l.index)),
                 cluster_id: AtomicU64::new(cluster_id),
+                snapshot_view: Mutex::new(None),
+                next_view: AtomicU64::new(1),
             }),
             snapshots,
             observer,
@@ -313,6 +337,22 @@ impl StateMachineStore {
     fn tree(&self) -> sled::Tree {
         self.shared.state().tree.clone()
     }
+
+    /// While a snapshot is being built, records the current (snapshot-point) value of every
+    /// key the coming batch changes, unless already recorded.
+    fn save_before_images(&self, tree: &sled::Tree, touched: &BTreeSet<Vec<u8>>) -> Result<(), StorageError> {
+        let mut view = self.shared.snapshot_view.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(view) = view.as_mut().filter(|v| !v.closed) else {
+            return Ok(());
+        };
+        for key in touched {
+            if !view.before.contains_key(key) {
+                let before = tree.get(key).map_err(read_err)?.map(|v| v.to_vec());
+                view.before.insert(key.clone(), before);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn read_record<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -328,6 +368,8 @@ fn read_record<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &[u8]) ->
 struct BatchApplier<'a> {
     tree: &'a sled::Tree,
     batch: sled::Batch,
+    /// Every raw tree key the batch writes (for an in-progress snapshot's before-images).
+    touched: BTreeSet<Vec<u8>>,
     overlay: BTreeMap<Vec<u8>, Option<StoredValue>>,
     sessions: BTreeMap<u64, Option<SessionRecord>>,
     clock: Option<u64>,
@@ -343,6 +385,7 @@ impl<'a> BatchApplier<'a> {
         Self {
             tree,
             batch: sled::Batch::default(),
+            touched: BTreeSet::new(),
             overlay: BTreeMap::new(),
             sessions: BTreeMap::new(),
             clock: None,
@@ -356,8 +399,34 @@ impl<'a> BatchApplier<'a> {
 
     fn write_record<T: serde::Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StorageError> {
         let bytes = codec::encode(value).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-        self.batch.insert(key, bytes);
+        self.insert_raw(key.to_vec(), bytes);
         Ok(())
+    }
+
+    fn insert_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.insert(key.as_slice(), value);
+        self.touched.insert(key);
+    }
+
+    fn remove_raw(&mut self, key: Vec<u8>) {
+        self.batch.remove(key.as_slice());
+        self.touched.insert(key);
+    }
+
+    /// Records nodes that a new membership drops, so their ids are never reused.
+    fn note_removed_nodes(&mut self, before: &StoredMembership, after: &openraft::Membership<u64, crate::NodeAddr>) -> Result<(), StorageError> {
+        let gone: Vec<u64> = before
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| after.get_node(id).is_none())
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut removed: BTreeSet<u64> = self.record(KEY_REMOVED_IDS)?.unwrap_or_default();
+        removed.extend(gone);
+        self.write_record(KEY_REMOVED_IDS, &removed)
     }
 
     fn session(&self, client_id: u64) -> Result<Option<SessionRecord>, StorageError> {
@@ -370,7 +439,7 @@ impl<'a> BatchApplier<'a> {
     fn set_session(&mut self, client_id: u64, rec: Option<SessionRecord>) -> Result<(), StorageError> {
         match &rec {
             Some(r) => self.write_record(&session_key(client_id), r)?,
-            None => self.batch.remove(session_key(client_id)),
+            None => self.remove_raw(session_key(client_id)),
         }
         self.sessions.insert(client_id, rec);
         Ok(())
@@ -452,9 +521,9 @@ impl<'a> BatchApplier<'a> {
         match &value {
             Some(v) => {
                 let bytes = codec::encode(v).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-                self.batch.insert(data_key(&key), bytes);
+                self.insert_raw(data_key(&key), bytes);
             }
-            None => self.batch.remove(data_key(&key)),
+            None => self.remove_raw(data_key(&key)),
         }
         self.overlay.insert(key, value);
         Ok(())
@@ -620,8 +689,7 @@ impl<'a> BatchApplier<'a> {
                 };
                 let effective = if current == 0 { cluster_id } else { current };
                 if current == 0 {
-                    let bytes = codec::encode(&effective).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-                    self.batch.insert(KEY_CLUSTER_ID, bytes);
+                    self.write_record(KEY_CLUSTER_ID, &effective)?;
                 }
                 self.cluster_id = Some(effective);
                 Ok(Response::ClusterId { cluster_id: effective })
@@ -654,12 +722,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut applier = BatchApplier::new(&tree);
         let mut responses = Vec::new();
         let mut last_applied = None;
-        let mut membership = None;
+        let mut membership: Option<StoredMembership> = None;
         for entry in entries {
             let log_id = entry.log_id;
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Membership(m) => {
+                    let before = match membership.take() {
+                        Some(b) => b,
+                        None => applier.record(KEY_MEMBERSHIP)?.unwrap_or_default(),
+                    };
+                    applier.note_removed_nodes(&before, &m)?;
                     membership = Some(StoredMembership::new(Some(log_id), m));
                     Response::Empty
                 }
@@ -671,21 +744,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last_applied) = last_applied else {
             return Ok(responses);
         };
-        let encode_err = |e: codec::CodecError| sm_err(ErrorVerb::Write, &e);
-        let mut batch = applier.batch;
-        batch.insert(
-            KEY_LAST_APPLIED,
-            codec::encode(&Some(last_applied)).map_err(encode_err)?,
-        );
+        applier.write_record(KEY_LAST_APPLIED, &Some(last_applied))?;
         if let Some(m) = &membership {
-            batch.insert(KEY_MEMBERSHIP, codec::encode(m).map_err(encode_err)?);
+            applier.write_record(KEY_MEMBERSHIP, m)?;
         }
+        self.save_before_images(&tree, &applier.touched)?;
         let cluster_id = applier.cluster_id;
         {
             // Exclusive while the batch lands, so a reader holding the lock (a Range) sees the
             // state of exactly one applied index, and that index with it.
             let _exclusive = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
-            tree.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            tree.apply_batch(applier.batch).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
             if let Some(id) = cluster_id {
                 self.shared.cluster_id.store(id, Ordering::Release);
             }
@@ -696,12 +765,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Runs in the state-machine worker, between applies: what it collects is one consistent
-        // view. The encoding and file writing happen later, in build_snapshot, off that path.
-        let collected = collect_state(&self.tree());
+        // Runs in the state-machine worker, between two applies: this is the snapshot point.
+        // Only the point's metadata is read here; the scan runs later, in build_snapshot, while
+        // applies go on, reading the point's values of anything changed since from the view.
+        let tree = self.tree();
+        let point = (|| -> Result<(Option<LogId>, StoredMembership), StoreError> {
+            let applied = read_record::<Option<LogId>>(&tree, KEY_LAST_APPLIED)?.flatten();
+            let membership = read_record(&tree, KEY_MEMBERSHIP)?.unwrap_or_default();
+            Ok((applied, membership))
+        })();
+        let token = self.shared.next_view.fetch_add(1, Ordering::Relaxed);
+        *self.shared.snapshot_view.lock().unwrap_or_else(|e| e.into_inner()) = Some(SnapshotView {
+            token,
+            closed: false,
+            before: BTreeMap::new(),
+        });
         StateSnapshotBuilder {
-            collected: Some(collected),
-            db: self.shared.db.clone(),
+            point: Some(point),
+            token,
+            tree,
+            shared: self.shared.clone(),
             snapshots: self.snapshots.clone(),
         }
     }
@@ -760,6 +843,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .insert(KEY_GENERATION, &new_generation.to_be_bytes())
             .map_err(w)?;
         db.flush_async().await.map_err(w)?;
+        let build_in_progress = {
+            let mut view = self.shared.snapshot_view.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = view.as_mut() {
+                v.closed = true;
+            }
+            view.is_some()
+        };
         {
             let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
             *state = StateTree {
@@ -767,7 +857,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 tree,
             };
         }
-        db.drop_tree(state_tree_name(old_generation)).map_err(w)?;
+        // A snapshot being built still scans the old tree; it is then dropped at the next start.
+        if !build_in_progress {
+            db.drop_tree(state_tree_name(old_generation)).map_err(w)?;
+        }
         self.shared.cluster_id.store(cluster_id, Ordering::Release);
         self.shared
             .applied_index
@@ -788,44 +881,72 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// A consistent copy of the state, taken between two applies.
-struct CollectedState {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    records: Vec<Record>,
+/// Builds a snapshot of the state as of the moment `get_snapshot_builder` ran (the snapshot
+/// point) without stopping applies: it scans the live tree, then replaces the value of every
+/// record changed since the point with the point's value, which `apply` saved in the shared
+/// snapshot view before changing it.
+pub struct StateSnapshotBuilder {
+    point: Option<Result<(Option<LogId>, StoredMembership), StoreError>>,
+    token: u64,
+    tree: sled::Tree,
+    shared: Arc<Shared>,
+    snapshots: SnapshotFiles,
 }
 
-fn collect_state(tree: &sled::Tree) -> Result<CollectedState, StoreError> {
-    let mut records = Vec::new();
-    let mut last_applied = None;
-    let mut membership = StoredMembership::default();
-    for item in tree.iter() {
-        let (k, v) = item?;
-        match k.as_ref() {
-            KEY_LAST_APPLIED => last_applied = codec::decode::<Option<LogId>>(&v)?,
-            KEY_MEMBERSHIP => membership = codec::decode(&v)?,
-            _ => records.push(Record(k.to_vec(), v.to_vec())),
+impl StateSnapshotBuilder {
+    /// Ends this builder's view (and only this builder's) and returns it.
+    fn end_view(&self) -> Option<SnapshotView> {
+        let mut view = self.shared.snapshot_view.lock().unwrap_or_else(|e| e.into_inner());
+        if view.as_ref().is_some_and(|v| v.token == self.token) {
+            view.take()
+        } else {
+            None
         }
     }
-    Ok(CollectedState {
-        last_applied,
-        membership,
-        records,
-    })
+
+    /// The records as of the snapshot point; ends the view.
+    fn scan(&self) -> Result<Vec<Record>, StoreError> {
+        let mut records = BTreeMap::new();
+        let scanned = (|| -> Result<(), StoreError> {
+            for item in self.tree.iter() {
+                let (k, v) = item?;
+                records.insert(k.to_vec(), v.to_vec());
+            }
+            Ok(())
+        })();
+        let view = self.end_view();
+        scanned?;
+        let view = view.ok_or_else(|| StoreError::Corrupt {
+            what: "snapshot view".into(),
+            detail: "another snapshot build replaced this one's view".into(),
+        })?;
+        for (k, before) in view.before {
+            match before {
+                Some(v) => records.insert(k, v),
+                None => records.remove(&k),
+            };
+        }
+        Ok(records
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() != KEY_LAST_APPLIED && k.as_slice() != KEY_MEMBERSHIP)
+            .map(|(k, v)| Record(k, v))
+            .collect())
+    }
 }
 
-/// Builds a snapshot from the state collected by `get_snapshot_builder`.
-pub struct StateSnapshotBuilder {
-    collected: Option<Result<CollectedState, StoreError>>,
-    db: sled::Db,
-    snapshots: SnapshotFiles,
+impl Drop for StateSnapshotBuilder {
+    fn drop(&mut self) {
+        // A builder dropped without building (or after failing) must not leave applies saving
+        // before-images for nobody.
+        self.end_view();
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let r = |e: StoreError| snapshot_err(ErrorVerb::Read, &e);
-        let collected = match self.collected.take() {
-            Some(c) => c.map_err(r)?,
+        let (last_applied, last_membership) = match self.point.take() {
+            Some(point) => point.map_err(r)?,
             None => {
                 let e = StoreError::Corrupt {
                     what: "snapshot builder".into(),
@@ -834,23 +955,25 @@ impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
                 return Err(r(e));
             }
         };
+        let records = self.scan().map_err(r)?;
         // The state machine must be durable up to the snapshot before openraft purges the log
         // behind it.
-        self.db.flush_async().await.map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-        let data = codec::encode(&SnapshotPayload {
-            records: collected.records,
-        })
-        .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
+        self.shared
+            .db
+            .flush_async()
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        let data = codec::encode(&SnapshotPayload { records }).map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let snapshot_id = match &collected.last_applied {
+        let snapshot_id = match &last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, millis),
             None => format!("0-0-{millis}"),
         };
         let meta = SnapshotMeta {
-            last_log_id: collected.last_applied,
-            last_membership: collected.membership,
+            last_log_id: last_applied,
+            last_membership,
             snapshot_id,
         };
         let files = self.snapshots.clone();
