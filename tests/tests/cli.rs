@@ -147,7 +147,11 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
     let v: serde_json::Value = serde_json::from_str(&watch.stdout)?;
     let leader = v["leader"].as_u64().expect("a leader");
     assert_eq!(v["nodes"].as_array().map(Vec::len), Some(3));
-    assert!(v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == leader && n["role"] == "leader"));
+    assert!(v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["id"] == leader && n["role"] == "leader"));
 
     let table = raftkv(&ep, &["cluster", "status"]);
     assert!(table.stdout.contains("voters up 3/3 (quorum 2)"), "{}", table.stdout);

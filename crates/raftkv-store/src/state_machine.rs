@@ -414,7 +414,11 @@ impl<'a> BatchApplier<'a> {
     }
 
     /// Records nodes that a new membership drops, so their ids are never reused.
-    fn note_removed_nodes(&mut self, before: &StoredMembership, after: &openraft::Membership<u64, crate::NodeAddr>) -> Result<(), StorageError> {
+    fn note_removed_nodes(
+        &mut self,
+        before: &StoredMembership,
+        after: &openraft::Membership<u64, crate::NodeAddr>,
+    ) -> Result<(), StorageError> {
         let gone: Vec<u64> = before
             .membership()
             .nodes()
@@ -754,7 +758,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Exclusive while the batch lands, so a reader holding the lock (a Range) sees the
             // state of exactly one applied index, and that index with it.
             let _exclusive = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
-            tree.apply_batch(applier.batch).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            tree.apply_batch(applier.batch)
+                .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
             if let Some(id) = cluster_id {
                 self.shared.cluster_id.store(id, Ordering::Release);
             }

@@ -85,9 +85,19 @@ async fn a_snapshot_is_the_state_at_its_point_even_if_applies_continue_during_th
 
     // The view ended with the build: later applies no longer record before-images, and a new
     // snapshot reflects the live state.
-    let later = live.state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let later = live
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let (_d, mut again) = open();
-    again.state_machine.install_snapshot(&later.meta, later.snapshot).await.unwrap();
+    again
+        .state_machine
+        .install_snapshot(&later.meta, later.snapshot)
+        .await
+        .unwrap();
     assert_eq!(dump(&again), dump(&live));
 }
 
@@ -97,8 +107,18 @@ async fn a_builder_dropped_without_building_leaves_nothing_behind() {
     live.state_machine.apply([put(1, "a", "1")]).await.unwrap();
     drop(live.state_machine.get_snapshot_builder().await);
     live.state_machine.apply([put(2, "a", "2")]).await.unwrap();
-    let snapshot = live.state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = live
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let (_b, mut restored) = open();
-    restored.state_machine.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+    restored
+        .state_machine
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
     assert_eq!(dump(&restored), dump(&live));
 }
