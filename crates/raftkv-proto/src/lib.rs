@@ -1,12 +1,15 @@
 //! Generated gRPC code for raftkv.
 //!
 //! `raftkv.v1` holds both the public API (`KV`, `Cluster`) and the internal node-to-node API
-//! (`RaftPeer`). This crate depends on nothing of ours; everything else builds on it.
+//! (`RaftPeer`); [`backup`] is the backup file format built on it. This crate depends on
+//! nothing of ours; everything else builds on it.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("raftkv.v1");
 }
+
+pub mod backup;
 
 /// The encoded `FileDescriptorSet` of raftkv's protos, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("raftkv_descriptor");
