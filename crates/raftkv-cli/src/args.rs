@@ -124,6 +124,38 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Membership: add, promote, remove and list nodes.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Write a consistent snapshot of the data to FILE, with a checksum (restore it with
+    /// `raftkvd restore --from FILE ...`).
+    Backup {
+        file: std::path::PathBuf,
+        /// Take it from this node (client address) instead of the leader.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add node ID (addresses CLIENT@PEER): as a learner, then, once caught up, as a voter.
+    Add {
+        id: u64,
+        /// `CLIENT_ADDR@PEER_ADDR`, e.g. 127.0.0.1:7004@127.0.0.1:7104.
+        addrs: String,
+        /// Leave it a learner (it replicates but does not vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Make learner ID a voter.
+    Promote { id: u64 },
+    /// Remove node ID (it stops serving; its id can never be used again).
+    Remove { id: u64 },
+    /// List members: id, addresses, voter or learner, replication progress.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +164,12 @@ pub enum ClusterCommand {
     Status,
     /// Print the leader's id and client address (`ID ADDR`); exit code 3 if there is none.
     Leader,
+    /// Build a snapshot now (and purge the log behind it) on every node, or on --node.
+    Snapshot {
+        /// Only on this node (client address).
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// A live view of every node and a timeline of leader changes and node failures (q quits).
     Watch {
         /// Print one sample and exit (with -o json: one JSON object).

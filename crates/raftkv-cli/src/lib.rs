@@ -10,6 +10,7 @@
 //! Module map: [`args`] (the command line), [`txn_syntax`] (the readable transaction syntax),
 //! [`output`] (text and JSON rendering), and this file, which runs a command.
 
+pub mod admin;
 pub mod args;
 pub mod bench;
 pub mod failover_bench;
@@ -64,7 +65,7 @@ fn exit_code_for(e: &ClientError) -> u8 {
     }
 }
 
-fn fail(e: ClientError) -> u8 {
+pub(crate) fn fail(e: ClientError) -> u8 {
     eprintln!("raftkv: {e}");
     exit_code_for(&e)
 }
@@ -74,7 +75,7 @@ fn usage(msg: impl std::fmt::Display) -> u8 {
     EXIT_USAGE
 }
 
-fn print(text: &str) -> u8 {
+pub(crate) fn print(text: &str) -> u8 {
     let mut out = std::io::stdout().lock();
     // A closed pipe (`raftkv get k | head -c0`) is not an error worth reporting.
     let _ = out.write_all(text.as_bytes());
@@ -279,6 +280,11 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(e),
             }
         }
+        Command::Member { command } => admin::member(&client, command, json).await,
+        Command::Backup { file, node } => admin::backup(&client, &file, node.as_deref()).await,
+        Command::Cluster {
+            command: ClusterCommand::Snapshot { node },
+        } => admin::snapshot(&client, node.as_deref(), json).await,
         Command::Cluster {
             command: ClusterCommand::Leader,
         } => {

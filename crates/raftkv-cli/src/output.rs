@@ -230,7 +230,7 @@ fn breaker_text(r: &NodeReport) -> String {
 }
 
 pub fn status_table(reports: &[NodeReport]) -> String {
-    const COLUMNS: [&str; 10] = [
+    const COLUMNS: [&str; 12] = [
         "NODE",
         "ADDRESS",
         "ROLE",
@@ -238,6 +238,8 @@ pub fn status_table(reports: &[NodeReport]) -> String {
         "LEADER",
         "APPLIED",
         "COMMITTED",
+        "SNAPSHOT",
+        "PURGED",
         "DB SIZE",
         "LATENCY",
         "BREAKER",
@@ -257,11 +259,13 @@ pub fn status_table(reports: &[NodeReport]) -> String {
                 },
                 s.applied_index.to_string(),
                 s.committed_index.to_string(),
+                s.snapshot_index.to_string(),
+                s.purged_index.to_string(),
                 human_bytes(s.db_size_bytes),
             ]),
             Err(_) => {
                 row.push("unreachable".into());
-                row.extend(std::iter::repeat_n("-".to_string(), 5));
+                row.extend(std::iter::repeat_n("-".to_string(), 7));
             }
         }
         row.push(latency_text(r.latency));

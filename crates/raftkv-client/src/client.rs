@@ -24,8 +24,10 @@ use std::time::Duration;
 use raftkv_proto::v1::cluster_client::ClusterClient;
 use raftkv_proto::v1::kv_client::KvClient;
 use raftkv_proto::v1::{
-    Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, Role, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    AddMemberRequest, BackupChunk, BackupRequest, Consistency, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
+    ListMembersRequest, MembersResponse, PromoteMemberRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RemoveMemberRequest, Role, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse,
 };
 use raftkv_proto::{error_kind, metadata};
 use tokio::time::Instant;
@@ -166,7 +168,9 @@ fn classify(status: &Status) -> (Failure, bool) {
             ),
             None => (Failure::NotStarted(message), false),
         },
-        Some(error_kind::NO_LEADER) | Some(error_kind::SHUTTING_DOWN) => (Failure::NotStarted(message), false),
+        Some(error_kind::NO_LEADER) | Some(error_kind::SHUTTING_DOWN) | Some(error_kind::REMOVED) => {
+            (Failure::NotStarted(message), false)
+        }
         Some(error_kind::INDETERMINATE) => (Failure::Unknown(message), false),
         _ => match status.code() {
             Code::Unavailable if is_connect_error(status) => (Failure::NotStarted(message), true),
@@ -779,6 +783,110 @@ impl Client {
             kv_client(ch).txn(r).await
         })
         .await
+    }
+
+    /// Adds node `id` as a learner, waits until it has caught up, and promotes it to voter
+    /// (unless `learner_only`). Sent to the leader; may take a while for a big catch-up.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        client_addr: &str,
+        peer_addr: &str,
+        learner_only: bool,
+        timeout: Option<Duration>,
+    ) -> Result<MembersResponse, ClientError> {
+        let req = AddMemberRequest {
+            id,
+            client_addr: client_addr.into(),
+            peer_addr: peer_addr.into(),
+            learner_only,
+        };
+        self.call(
+            CallKind::Write,
+            timeout.or(Some(MEMBERSHIP_TIMEOUT)),
+            req,
+            |ch, r| async move { ClusterClient::new(ch).add_member(r).await },
+        )
+        .await
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote_member(&self, id: u64) -> Result<MembersResponse, ClientError> {
+        self.call(
+            CallKind::Write,
+            Some(MEMBERSHIP_TIMEOUT),
+            PromoteMemberRequest { id },
+            |ch, r| async move { ClusterClient::new(ch).promote_member(r).await },
+        )
+        .await
+    }
+
+    /// Removes node `id` from the cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<MembersResponse, ClientError> {
+        self.call(
+            CallKind::Write,
+            Some(MEMBERSHIP_TIMEOUT),
+            RemoveMemberRequest { id },
+            |ch, r| async move { ClusterClient::new(ch).remove_member(r).await },
+        )
+        .await
+    }
+
+    /// The members and their replication progress, as the leader sees them.
+    pub async fn list_members(&self) -> Result<MembersResponse, ClientError> {
+        self.call(CallKind::Write, None, ListMembersRequest {}, |ch, r| async move {
+            ClusterClient::new(ch).list_members(r).await
+        })
+        .await
+    }
+
+    /// Builds a snapshot on the node at `addr` now.
+    pub async fn snapshot_on(&self, addr: &str) -> Result<SnapshotResponse, ClientError> {
+        let channel = self.endpoint(addr)?.channel.clone();
+        let mut request = tonic::Request::new(SnapshotRequest {});
+        request.set_timeout(MEMBERSHIP_TIMEOUT);
+        ClusterClient::new(channel)
+            .snapshot(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| classify_single(addr, &s))
+    }
+
+    /// Streams a backup from the node at `addr` (the leader when `None`).
+    pub async fn backup_from(&self, addr: Option<&str>) -> Result<tonic::Streaming<BackupChunk>, ClientError> {
+        let addr = match addr {
+            Some(a) => a.to_string(),
+            None => match self.known_leader() {
+                Some(l) => l,
+                None => self
+                    .discover_leader(Instant::now() + self.inner.config.timeout)
+                    .await
+                    .ok_or_else(|| ClientError::Unavailable("no leader to take the backup from".into()))?,
+            },
+        };
+        let channel = self.endpoint(&addr)?.channel.clone();
+        let mut request = tonic::Request::new(BackupRequest {});
+        request.set_timeout(MEMBERSHIP_TIMEOUT);
+        ClusterClient::new(channel)
+            .max_decoding_message_size(MAX_REPLY_BYTES)
+            .backup(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| classify_single(&addr, &s))
+    }
+}
+
+/// Default deadline of membership, snapshot and backup calls (a learner may need a while to
+/// catch up; a snapshot of a big state takes time to build).
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The error of a one-shot call to a named node.
+fn classify_single(addr: &str, s: &Status) -> ClientError {
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            ClientError::Unavailable(format!("{addr}: {}", s.message()))
+        }
+        _ => ClientError::from_status(s),
     }
 }
 

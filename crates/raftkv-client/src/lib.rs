@@ -30,5 +30,7 @@ pub use breaker::{BreakerConfig, BreakerState};
 pub use client::{Client, EndpointReport, NodeReport, Read, ReadOptions};
 pub use config::{ClientConfig, EndpointSpec, RetryPolicy, DEFAULT_ENDPOINTS};
 pub use error::ClientError;
+/// The backup file format (written by `raftkv backup`, read by `raftkvd restore`).
+pub use raftkv_proto::backup;
 /// The generated API types (requests, replies, enums).
 pub use raftkv_proto::v1 as pb;

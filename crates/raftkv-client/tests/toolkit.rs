@@ -127,8 +127,38 @@ impl Kv for FakeNode {
     }
 }
 
+fn not_faked() -> Status {
+    Status::unimplemented("not part of the fake")
+}
+
 #[tonic::async_trait]
 impl Cluster for FakeNode {
+    type BackupStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<BackupChunk, Status>> + Send>>;
+
+    async fn add_member(&self, _: Request<AddMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        Err(not_faked())
+    }
+
+    async fn promote_member(&self, _: Request<PromoteMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        Err(not_faked())
+    }
+
+    async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        Err(not_faked())
+    }
+
+    async fn list_members(&self, _: Request<ListMembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        Err(not_faked())
+    }
+
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
+        Err(not_faked())
+    }
+
+    async fn backup(&self, _: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        Err(not_faked())
+    }
+
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         self.hang_if_asked().await;
         Ok(Response::new(StatusResponse {

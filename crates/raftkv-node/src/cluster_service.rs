@@ -1,11 +1,28 @@
-//! `raftkv.v1.Cluster`: what a node knows about itself and the cluster.
+//! `raftkv.v1.Cluster`: what a node knows about itself and the cluster, membership changes,
+//! snapshots and backups.
 
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
 use openraft::ServerState;
 use raftkv_proto::v1::cluster_server::Cluster;
-use raftkv_proto::v1::{Member, Role, StatusRequest, StatusResponse};
+use raftkv_proto::v1::{
+    backup_chunk, AddMemberRequest, BackupChunk, BackupMeta, BackupRequest, ListMembersRequest, Member,
+    MembersResponse, PromoteMemberRequest, RemoveMemberRequest, Role, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
+};
+use raftkv_store::NodeAddr;
 use tonic::{Request, Response, Status};
 
-use crate::core::NodeCore;
+use crate::core::{now_millis, NodeCore};
+use crate::error::ApiError;
+use crate::membership;
+
+/// Size of one backup data message.
+const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
+/// How long a Snapshot or Backup call waits for the snapshot to be built.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 
 pub struct ClusterService {
     core: NodeCore,
@@ -27,8 +44,130 @@ fn role(state: ServerState) -> Role {
     }
 }
 
+impl ClusterService {
+    fn members_response(&self) -> Result<Response<MembersResponse>, Status> {
+        let removed_ids = self.core.store.reader().removed_ids().map_err(ApiError::from)?;
+        Ok(Response::new(MembersResponse {
+            header: Some(self.core.header()),
+            members: membership::members(&self.core),
+            removed_ids: removed_ids.into_iter().collect(),
+        }))
+    }
+
+    /// Builds a snapshot covering at least everything applied now; returns it.
+    async fn fresh_snapshot(&self) -> Result<raftkv_store::types::Snapshot, ApiError> {
+        let raft = &self.core.raft;
+        let applied = raft.metrics().borrow().last_applied;
+        let covered =
+            |m: &openraft::RaftMetrics<u64, NodeAddr>| m.snapshot.map(|s| s.index) >= applied.map(|a| a.index);
+        if !covered(&raft.metrics().borrow()) {
+            raft.trigger()
+                .snapshot()
+                .await
+                .map_err(|_| ApiError::ShuttingDown(self.core.id))?;
+            raft.wait(Some(SNAPSHOT_WAIT))
+                .metrics(covered, "snapshot built")
+                .await
+                .map_err(|e| ApiError::FailedPrecondition(format!("the snapshot was not built: {e}")))?;
+        }
+        raft.get_snapshot()
+            .await
+            .map_err(|e| ApiError::Storage(e.to_string()))?
+            .ok_or_else(|| ApiError::Storage("no snapshot after building one".into()))
+    }
+}
+
+type BackupStream = Pin<Box<dyn Stream<Item = Result<BackupChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    type BackupStream = BackupStream;
+
+    async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.core
+            .serve("AddMember", request, |request| async move {
+                let r = request.into_inner();
+                let addr = NodeAddr {
+                    client_addr: r.client_addr,
+                    peer_addr: r.peer_addr,
+                };
+                membership::add(&self.core, r.id, addr, r.learner_only).await?;
+                self.members_response()
+            })
+            .await
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<PromoteMemberRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        self.core
+            .serve("PromoteMember", request, |request| async move {
+                membership::promote(&self.core, request.into_inner().id).await?;
+                self.members_response()
+            })
+            .await
+    }
+
+    async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.core
+            .serve("RemoveMember", request, |request| async move {
+                membership::remove(&self.core, &self.core.peers, request.into_inner().id).await?;
+                self.members_response()
+            })
+            .await
+    }
+
+    async fn list_members(&self, request: Request<ListMembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.core
+            .serve(
+                "ListMembers",
+                request,
+                |_request| async move { self.members_response() },
+            )
+            .await
+    }
+
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
+        self.core
+            .serve("Snapshot", request, |_request| async move {
+                let snapshot = self.fresh_snapshot().await?;
+                Ok(Response::new(SnapshotResponse {
+                    header: Some(self.core.header()),
+                    snapshot_index: snapshot.meta.last_log_id.map_or(0, |l| l.index),
+                }))
+            })
+            .await
+    }
+
+    async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        self.core
+            .serve("Backup", request, |_request| async move {
+                let snapshot = self.fresh_snapshot().await?;
+                let data = snapshot.snapshot.into_inner();
+                let last = snapshot.meta.last_log_id;
+                let meta = BackupMeta {
+                    cluster_id: self.core.store.reader().cluster_id(),
+                    node_id: self.core.id,
+                    last_index: last.map_or(0, |l| l.index),
+                    last_term: last.map_or(0, |l| l.leader_id.term),
+                    size_bytes: data.len() as u64,
+                    created_ms: now_millis(),
+                };
+                let mut chunks = vec![Ok(BackupChunk {
+                    chunk: Some(backup_chunk::Chunk::Meta(meta)),
+                })];
+                chunks.extend(data.chunks(BACKUP_CHUNK_BYTES).map(|c| {
+                    Ok(BackupChunk {
+                        chunk: Some(backup_chunk::Chunk::Data(c.to_vec())),
+                    })
+                }));
+                let stream: BackupStream = Box::pin(futures::stream::iter(chunks));
+                Ok(Response::new(stream))
+            })
+            .await
+    }
+
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         self.core
             .serve("Status", request, |_request| async move {

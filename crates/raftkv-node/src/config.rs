@@ -177,6 +177,22 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTKV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<InitialCluster>,
 
+    /// Join an existing cluster: client addresses of some of its members, comma-separated. A
+    /// pristine node started with --join asks the cluster to add it (as a learner that is
+    /// promoted to voter once caught up). Ignored once the node has Raft state.
+    #[arg(long, env = "RAFTKV_JOIN", value_delimiter = ',', conflicts_with = "initial_cluster")]
+    pub join: Vec<String>,
+
+    /// Client address other nodes and clients should use for this node (default: its
+    /// --initial-cluster entry, else --client-addr).
+    #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_ADDR")]
+    pub advertise_client_addr: Option<String>,
+
+    /// Peer address other nodes should use for this node (default: its --initial-cluster entry,
+    /// else --peer-addr).
+    #[arg(long, env = "RAFTKV_ADVERTISE_PEER_ADDR")]
+    pub advertise_peer_addr: Option<String>,
+
     /// Leader heartbeat interval in milliseconds.
     #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
@@ -243,6 +259,8 @@ pub enum ConfigError {
     ZeroCache,
     #[error("--peer-route: {0}")]
     PeerRoute(String),
+    #[error("{0}")]
+    Advertise(String),
 }
 
 impl NodeConfig {
@@ -263,6 +281,9 @@ impl NodeConfig {
             cache_mb: 64,
             metrics_addr: None,
             peer_routes: Vec::new(),
+            join: Vec::new(),
+            advertise_client_addr: None,
+            advertise_peer_addr: None,
         }
     }
 
@@ -298,6 +319,21 @@ impl NodeConfig {
         if let Some(m) = self.metrics_addr {
             if m.port() != 0 && (m == self.client_addr || m == self.peer_addr) {
                 return Err(ConfigError::SameAddr(m));
+            }
+        }
+        for (flag, addr) in [
+            ("--advertise-client-addr", &self.advertise_client_addr),
+            ("--advertise-peer-addr", &self.advertise_peer_addr),
+        ] {
+            if let Some(a) = addr {
+                if !looks_like_host_port(a) {
+                    return Err(ConfigError::Advertise(format!("{flag} {a:?} is not HOST:PORT")));
+                }
+            }
+        }
+        for a in &self.join {
+            if !looks_like_host_port(a) {
+                return Err(ConfigError::Advertise(format!("--join {a:?} is not HOST:PORT")));
             }
         }
         if self.snapshot_every == 0 {
@@ -336,15 +372,21 @@ impl NodeConfig {
         Duration::from_millis(self.request_timeout_ms)
     }
 
-    /// The addresses other nodes and clients use for this node: its `--initial-cluster` entry
-    /// when there is one, else the listen addresses.
+    /// The addresses other nodes and clients use for this node: the --advertise flags, else its
+    /// `--initial-cluster` entry, else the listen addresses.
     pub fn advertised(&self) -> NodeAddr {
-        match self.initial_cluster.as_ref().and_then(|ic| ic.get(self.id)) {
-            Some(a) => a.clone(),
-            None => NodeAddr {
-                client_addr: self.client_addr.to_string(),
-                peer_addr: self.peer_addr.to_string(),
-            },
+        let listed = self.initial_cluster.as_ref().and_then(|ic| ic.get(self.id));
+        NodeAddr {
+            client_addr: self
+                .advertise_client_addr
+                .clone()
+                .or_else(|| listed.map(|a| a.client_addr.clone()))
+                .unwrap_or_else(|| self.client_addr.to_string()),
+            peer_addr: self
+                .advertise_peer_addr
+                .clone()
+                .or_else(|| listed.map(|a| a.peer_addr.clone()))
+                .unwrap_or_else(|| self.peer_addr.to_string()),
         }
     }
 }

@@ -15,7 +15,9 @@ use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreHandle};
 
 use crate::error::ApiError;
+use crate::membership::Removal;
 use crate::metrics::NodeMetrics;
+use crate::network::PeerNetwork;
 use crate::read_index::ReadPath;
 
 /// Shared by the client-facing services of one node. Cheap to clone.
@@ -26,6 +28,8 @@ pub struct NodeCore {
     pub store: StoreHandle,
     pub read_path: ReadPath,
     pub metrics: Arc<NodeMetrics>,
+    pub removal: Removal,
+    pub peers: PeerNetwork,
 }
 
 impl NodeCore {

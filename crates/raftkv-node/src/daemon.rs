@@ -1,16 +1,31 @@
-//! The `raftkvd` command line: parse flags, set up logging, run a node until SIGINT/SIGTERM.
+//! The `raftkvd` command line: parse flags, set up logging, run a node until SIGINT/SIGTERM —
+//! or, with a subcommand, build a new single-node cluster from a backup (`restore`) or from a
+//! surviving node's data after quorum loss (`recover`).
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use raftkv_store::NodeAddr;
 use tracing_subscriber::EnvFilter;
 
 use crate::{NodeConfig, RunningNode};
 
 /// raftkvd: one node of a raftkv cluster.
 #[derive(Debug, Parser)]
-#[command(name = "raftkvd", version, about, long_about = None)]
+#[command(
+    name = "raftkvd",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+
     #[command(flatten)]
     pub node: NodeConfig,
 
@@ -28,6 +43,116 @@ pub struct Args {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Where the new single node will live and be reached.
+#[derive(Debug, clap::Args)]
+pub struct NewNode {
+    /// Id of the new node.
+    #[arg(long)]
+    pub id: u64,
+    /// Data dir of the new node; must be empty or absent.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Client address it will serve (and advertise).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub client_addr: SocketAddr,
+    /// Peer address it will serve (and advertise).
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    pub peer_addr: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Tool {
+    /// Build a new single-node cluster from a backup file (`raftkv backup`); then start it with
+    /// `raftkvd --id ID --data-dir DIR ...` and add members with `raftkv member add`.
+    Restore {
+        /// The backup file.
+        #[arg(long = "from")]
+        from: PathBuf,
+        #[command(flatten)]
+        node: NewNode,
+    },
+    /// After losing a quorum for good: build a new single-node cluster from a surviving node's
+    /// data dir (the node must be stopped; its dir is left untouched). Writes the survivor had
+    /// not learned were committed are dropped unless --include-uncommitted.
+    Recover {
+        /// The surviving node's data dir.
+        #[arg(long = "from-data-dir")]
+        from: PathBuf,
+        /// Also keep log entries not known committed (they may resurrect writes whose clients
+        /// saw them fail).
+        #[arg(long)]
+        include_uncommitted: bool,
+        #[command(flatten)]
+        node: NewNode,
+    },
+}
+
+/// Creates the new node's data dir (identity and store) from snapshot data.
+async fn create_single_node(node: &NewNode, data: Vec<u8>, last_index: u64, last_term: u64) -> Result<(), String> {
+    if node.data_dir.exists()
+        && std::fs::read_dir(&node.data_dir)
+            .map_err(|e| format!("cannot read {}: {e}", node.data_dir.display()))?
+            .next()
+            .is_some()
+    {
+        return Err(format!(
+            "{} is not empty; restore into a new, empty data dir",
+            node.data_dir.display()
+        ));
+    }
+    let addr = NodeAddr {
+        client_addr: node.client_addr.to_string(),
+        peer_addr: node.peer_addr.to_string(),
+    };
+    raftkv_store::recovery::restore_single_node(&node.data_dir, data, last_index, last_term, node.id, addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::identity::create(&node.data_dir, node.id).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn run_tool(tool: Tool) -> Result<String, String> {
+    match tool {
+        Tool::Restore { from, node } => {
+            let file = std::fs::File::open(&from).map_err(|e| format!("cannot open {}: {e}", from.display()))?;
+            let (meta, data) = raftkv_proto::backup::read_backup(std::io::BufReader::new(file))
+                .map_err(|e| format!("{}: {e}", from.display()))?;
+            create_single_node(&node, data, meta.last_index, meta.last_term).await?;
+            Ok(restored_message(&node, "restored", &from, meta.last_index))
+        }
+        Tool::Recover {
+            from,
+            include_uncommitted,
+            node,
+        } => {
+            let (data, last_index, last_term) = raftkv_store::recovery::export_state(&from, include_uncommitted)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot read the surviving node's data in {}: {e} (is it still running?)",
+                        from.display()
+                    )
+                })?;
+            create_single_node(&node, data, last_index, last_term).await?;
+            Ok(restored_message(&node, "recovered", &from, last_index))
+        }
+    }
+}
+
+fn restored_message(node: &NewNode, verb: &str, from: &Path, last_index: u64) -> String {
+    format!(
+        "{verb} the state up to revision {last_index} from {} into {} as a new single-node cluster.\n\
+         Start it with: raftkvd --id {} --data-dir {} --client-addr {} --peer-addr {}\n\
+         then add members (with new ids and empty data dirs): raftkv member add ID CLIENT@PEER",
+        from.display(),
+        node.data_dir.display(),
+        node.id,
+        node.data_dir.display(),
+        node.client_addr,
+        node.peer_addr
+    )
 }
 
 /// Runs `raftkvd` and returns its exit code: 0 after a clean shutdown, 1 when the node could
@@ -56,6 +181,18 @@ pub fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        if let Some(tool) = args.tool {
+            return match run_tool(tool).await {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("raftkvd: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         let node = match RunningNode::start(args.node).await {
             Ok(n) => n,
             Err(e) => {
@@ -64,9 +201,29 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        let mut fatal = node.fatal.clone();
+        let failure = tokio::select! {
+            _ = wait_for_signal() => None,
+            reason = async move {
+                loop {
+                    if let Some(reason) = fatal.borrow_and_update().clone() {
+                        return reason;
+                    }
+                    if fatal.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            } => Some(reason),
+        };
         node.shutdown().await;
-        ExitCode::SUCCESS
+        match failure {
+            None => ExitCode::SUCCESS,
+            Some(reason) => {
+                tracing::error!("{reason}");
+                eprintln!("raftkvd: {reason}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

@@ -10,6 +10,8 @@
 //! | Indeterminate    | UNAVAILABLE        | `indeterminate` | only if the write is idempotent |
 //! | Storage          | INTERNAL           | –               | no: the node needs attention    |
 //! | AlreadyAcknowledged | FAILED_PRECONDITION | –            | no: the client already has it   |
+//! | FailedPrecondition | FAILED_PRECONDITION | –              | no: change the cluster first    |
+//! | Removed          | FAILED_PRECONDITION | `removed`       | yes, on another node            |
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use raftkv_proto::{error_kind, metadata};
@@ -37,6 +39,10 @@ pub enum ApiError {
     Storage(String),
     #[error("write {seq} of client {client_id:#x} was already applied and its answer acknowledged; nothing was applied again")]
     AlreadyAcknowledged { client_id: u64, seq: u64 },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("node {0} has been removed from the cluster and serves nothing; to rejoin, start a node with a new id and an empty data dir")]
+    Removed(NodeId),
 }
 
 impl ApiError {
@@ -84,7 +90,11 @@ impl ApiError {
             Self::NoLeader { .. } => Some(error_kind::NO_LEADER),
             Self::ShuttingDown(_) => Some(error_kind::SHUTTING_DOWN),
             Self::Indeterminate(_) => Some(error_kind::INDETERMINATE),
-            Self::InvalidArgument(_) | Self::Storage(_) | Self::AlreadyAcknowledged { .. } => None,
+            Self::Removed(_) => Some(error_kind::REMOVED),
+            Self::InvalidArgument(_)
+            | Self::Storage(_)
+            | Self::AlreadyAcknowledged { .. }
+            | Self::FailedPrecondition(_) => None,
         }
     }
 
@@ -95,7 +105,9 @@ impl ApiError {
                 Code::Unavailable
             }
             Self::Storage(_) => Code::Internal,
-            Self::AlreadyAcknowledged { .. } => Code::FailedPrecondition,
+            Self::AlreadyAcknowledged { .. } | Self::FailedPrecondition(_) | Self::Removed(_) => {
+                Code::FailedPrecondition
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Health: whether this node can usefully serve, for load balancers and scripts.
 //!
-//! A node is SERVING when it is a member, knows a leader, and is caught up:
+//! A node is SERVING when it is a member (and was not removed), knows a leader, and is caught
+//! up:
 //! - a leader must have heard from a quorum within the maximum election timeout (a leader cut off
 //!   from the majority stops serving even though it still believes it leads);
 //! - a follower must have applied up to within [`MAX_APPLY_LAG`] entries of the commit index the
@@ -102,24 +103,35 @@ impl HealthState {
     }
 }
 
-async fn inputs(core: &NodeCore, election_max_ms: u64) -> HealthInputs {
+/// Whether this node is in the *committed* membership (None while there is none).
+type InCommittedMembership = Option<bool>;
+
+async fn inputs(core: &NodeCore, election_max_ms: u64) -> (HealthInputs, InCommittedMembership) {
     let m = core.raft.metrics().borrow().clone();
-    let committed = core
+    let id = core.id;
+    let (committed, in_committed) = core
         .raft
-        .with_raft_state(|s| s.committed)
+        .with_raft_state(move |s| {
+            let membership = s.membership_state.committed();
+            let present = membership
+                .log_id()
+                .is_some()
+                .then(|| membership.membership().get_node(&id).is_some());
+            (s.committed, present)
+        })
         .await
-        .ok()
-        .flatten()
-        .map_or(0, |c| c.index);
-    HealthInputs {
+        .unwrap_or((None, None));
+    let committed = committed.map_or(0, |c| c.index);
+    let inputs = HealthInputs {
         state: m.state,
-        is_member: m.membership_config.membership().get_node(&core.id).is_some(),
+        is_member: m.membership_config.membership().get_node(&core.id).is_some() && !core.removal.is_removed(),
         leader: m.current_leader,
         millis_since_quorum_ack: m.millis_since_quorum_ack,
         committed,
         applied: m.last_applied.map_or(0, |l| l.index),
         election_max_ms,
-    }
+    };
+    (inputs, in_committed)
 }
 
 /// Recomputes health every [`CHECK_INTERVAL`] until `shutdown`, publishing changes.
@@ -132,8 +144,19 @@ pub fn spawn_checker(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: Option<bool> = None;
+        let mut was_member = false;
         loop {
-            let health = evaluate(&inputs(&core, election_max_ms).await);
+            let (inputs, in_committed) = inputs(&core, election_max_ms).await;
+            // Removal is noticed here too (besides the leader's notice): a node that was in the
+            // committed membership and no longer is has been removed.
+            match in_committed {
+                Some(true) => was_member = true,
+                Some(false) if was_member => core
+                    .removal
+                    .mark(&core.raft, "the committed membership no longer includes it"),
+                _ => {}
+            }
+            let health = evaluate(&inputs);
             if last != Some(health.serving) {
                 let status = if health.serving {
                     ServingStatus::Serving

@@ -55,6 +55,16 @@ pub fn load(data_dir: &Path, node_id: NodeId) -> Result<Option<Identity>, Startu
             requested: node_id,
         });
     }
+    if let Ok(why) = fs::read_to_string(data_dir.join(crate::membership::REMOVED_MARKER)) {
+        return Err(inconsistent(
+            data_dir,
+            format!(
+                "node {node_id} was removed from its cluster ({}). A removed node cannot rejoin with its old data: \
+                 start a node with a new id and an empty data dir, and add it (raftkv member add)",
+                why.trim()
+            ),
+        ));
+    }
     if !data_dir.join(DB_DIR).exists() {
         return Err(inconsistent(
             data_dir,
@@ -66,6 +76,19 @@ pub fn load(data_dir: &Path, node_id: NodeId) -> Result<Option<Identity>, Startu
         ));
     }
     Ok(Some(identity))
+}
+
+/// Writes a fresh identity for `node_id` into `data_dir` (used by restore, whose store is
+/// created with data already in it).
+pub fn create(data_dir: &Path, node_id: NodeId) -> Result<Identity, StartupError> {
+    let identity = Identity {
+        node_id,
+        incarnation: rand::random::<u64>() | 1,
+    };
+    let path = data_dir.join(FILE_NAME);
+    write_atomically(data_dir, &path, &identity)
+        .map_err(|e| StartupError::Io(format!("cannot write {}: {e}", path.display())))?;
+    Ok(identity)
 }
 
 /// Gives a data directory whose store was just opened its identity, if it has none.
@@ -91,14 +114,7 @@ pub fn ensure(
             ),
         ));
     }
-    let identity = Identity {
-        node_id,
-        incarnation: rand::random::<u64>() | 1,
-    };
-    let path = data_dir.join(FILE_NAME);
-    write_atomically(data_dir, &path, &identity)
-        .map_err(|e| StartupError::Io(format!("cannot write {}: {e}", path.display())))?;
-    Ok(identity)
+    create(data_dir, node_id)
 }
 
 fn write_atomically(dir: &Path, path: &Path, identity: &Identity) -> std::io::Result<()> {

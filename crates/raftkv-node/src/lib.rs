@@ -4,10 +4,12 @@
 //!
 //! Module map:
 //! - [`config`]: `NodeConfig` (flags, env vars, defaults, `validate`) and API limits;
-//! - [`startup`]: start-up errors, data-dir checks, one-time cluster bootstrap;
+//! - [`startup`]: start-up errors, data-dir checks, one-time cluster bootstrap; [`join`]:
+//!   joining an existing cluster;
 //! - [`identity`]: the data dir's identity file (owner id, incarnation);
 //! - [`node`]: `RunningNode` — start, serve, shut down;
 //! - [`core`]: the write path and read barrier the services share;
+//! - [`membership`]: adding, promoting and removing members; the removed-node state;
 //! - [`read_index`]: linearizable reads on any node, with batched read-index rounds;
 //! - [`kv_service`], [`cluster_service`]: the public gRPC API; [`request`]: validating and
 //!   converting its messages;
@@ -22,7 +24,9 @@ pub mod daemon;
 pub mod error;
 pub mod health;
 pub mod identity;
+pub mod join;
 pub mod kv_service;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod node;

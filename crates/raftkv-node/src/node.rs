@@ -23,7 +23,9 @@ use crate::config::{NodeConfig, MAX_VALUE_BYTES};
 use crate::core::NodeCore;
 use crate::health::{self, HealthState};
 use crate::identity;
+use crate::join;
 use crate::kv_service::KvService;
+use crate::membership::Removal;
 use crate::metrics::{self, NodeMetrics};
 use crate::network::{IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES};
 use crate::peer_service::PeerService;
@@ -51,6 +53,9 @@ pub struct RunningNode {
     pub faults: LinkFaults,
     /// The node's current health verdict.
     pub health: HealthState,
+    /// Set when the node hit an error it cannot recover from (e.g. the cluster refused to add
+    /// it); the daemon then stops.
+    pub fatal: watch::Receiver<Option<String>>,
     shutdown: watch::Sender<bool>,
     client_server: JoinHandle<()>,
     peer_server: JoinHandle<()>,
@@ -130,16 +135,27 @@ impl RunningNode {
         .map_err(|e| StartupError::Raft(e.to_string()))?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (fatal_tx, fatal) = watch::channel(None);
         let read_path = ReadPath::new(config.id, raft.clone(), network.clone());
+        let removal = Removal::new(&config.data_dir);
         let core = NodeCore {
             id: config.id,
             raft: raft.clone(),
             store: handle.clone(),
             read_path: read_path.clone(),
             metrics: metrics.clone(),
+            removal: removal.clone(),
+            peers: network.clone(),
         };
 
-        let peer_service = PeerService::new(raft.clone(), me, handle.clone(), incarnations, read_path.confirm);
+        let peer_service = PeerService::new(
+            raft.clone(),
+            me,
+            handle.clone(),
+            incarnations,
+            read_path.confirm,
+            removal,
+        );
         let peer_service = RaftPeerServer::new(peer_service)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
@@ -214,6 +230,7 @@ impl RunningNode {
             metrics_addr,
             faults,
             health,
+            fatal,
             shutdown,
             client_server,
             peer_server,
@@ -222,6 +239,14 @@ impl RunningNode {
         if let Err(e) = startup::bootstrap(&node.raft, &config, &summary, &network).await {
             node.shutdown().await;
             return Err(e);
+        }
+        if !summary.has_raft_state() && !config.join.is_empty() {
+            tokio::spawn(join::join(
+                config.id,
+                config.advertised(),
+                config.join.clone(),
+                fatal_tx,
+            ));
         }
         Ok(node)
     }

@@ -6,13 +6,16 @@
 //! (its incarnation changed) is refused with FAILED_PRECONDITION.
 
 use raftkv_proto::v1::raft_peer_server::RaftPeer;
-use raftkv_proto::v1::{HelloRequest, HelloResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse};
+use raftkv_proto::v1::{
+    HelloRequest, HelloResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, RemovedRequest, RemovedResponse,
+};
 use raftkv_store::types::Raft;
 use raftkv_store::{codec, StoreHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::membership::Removal;
 use crate::network::{IncarnationRegistry, Sender};
 use crate::read_index::ReadIndexBatcher;
 
@@ -22,6 +25,7 @@ pub struct PeerService {
     store: StoreHandle,
     incarnations: IncarnationRegistry,
     confirm: ReadIndexBatcher,
+    removal: Removal,
 }
 
 impl PeerService {
@@ -31,6 +35,7 @@ impl PeerService {
         store: StoreHandle,
         incarnations: IncarnationRegistry,
         confirm: ReadIndexBatcher,
+        removal: Removal,
     ) -> Self {
         Self {
             raft,
@@ -38,6 +43,7 @@ impl PeerService {
             store,
             incarnations,
             confirm,
+            removal,
         }
     }
 
@@ -87,6 +93,15 @@ impl RaftPeer for PeerService {
         let read_index = self.confirm.read_index().await?;
         let term = self.raft.metrics().borrow().current_term;
         Ok(Response::new(ReadIndexResponse { read_index, term }))
+    }
+
+    async fn removed(&self, request: Request<RemovedRequest>) -> Result<Response<RemovedResponse>, Status> {
+        let r = request.into_inner();
+        self.removal.mark(
+            &self.raft,
+            &format!("leader {} removed it at log index {}", r.from, r.at_index),
+        );
+        Ok(Response::new(RemovedResponse {}))
     }
 
     async fn hello(&self, _request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {

@@ -173,14 +173,20 @@ mod tests {
         for cut in [good.len() - 1, good.len() - 100, 30, 5] {
             let err = read_backup(&good[..cut]).unwrap_err();
             assert!(
-                matches!(err, BackupError::Truncated(_) | BackupError::Checksum | BackupError::Corrupt(_)),
+                matches!(
+                    err,
+                    BackupError::Truncated(_) | BackupError::Checksum | BackupError::Corrupt(_)
+                ),
                 "cut at {cut}: {err}"
             );
         }
         let mut extra = good.clone();
         extra.push(0);
         assert!(read_backup(&extra[..]).is_err());
-        assert!(matches!(read_backup(&b"hello world, this is not a backup at all...."[..]), Err(BackupError::NotABackup)));
+        assert!(matches!(
+            read_backup(&b"hello world, this is not a backup at all...."[..]),
+            Err(BackupError::NotABackup)
+        ));
         let mut v2 = good.clone();
         v2[8] = 2;
         assert!(matches!(read_backup(&v2[..]), Err(BackupError::Version(2))));

@@ -48,4 +48,6 @@ pub mod error_kind {
     pub const SHUTTING_DOWN: &str = "shutting-down";
     /// The write was submitted but its outcome is unknown (it may or may not commit).
     pub const INDETERMINATE: &str = "indeterminate";
+    /// This node was removed from the cluster and serves nothing; use another node.
+    pub const REMOVED: &str = "removed";
 }

@@ -6,6 +6,7 @@
 //! - [`log_store`]: the Raft log and vote on sled ([`LogStore`]);
 //! - [`state_machine`]: the key-value state on sled ([`StateMachineStore`], [`StateReader`]);
 //! - [`sessions`]: client sessions that make retried writes apply once;
+//! - [`recovery`]: new single-node clusters from a backup or a surviving node's data;
 //! - [`codec`]: the versioned bincode envelope every stored or sent payload uses.
 //!
 //! A data directory holds `db/` (one sled database for log and state) and `snapshot/`.
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod command;
 mod error;
 pub mod log_store;
+pub mod recovery;
 pub mod sessions;
 mod snapshot;
 pub mod state_machine;

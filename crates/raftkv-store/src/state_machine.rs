@@ -47,7 +47,7 @@ const KEY_GENERATION: &[u8] = b"generation";
 const DATA_PREFIX: u8 = b'd';
 const KEY_LAST_APPLIED: &[u8] = b"m/last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"m/membership";
-const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
+pub(crate) const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
 /// The log clock: the largest leader timestamp applied (see crate::sessions).
 const KEY_CLOCK: &[u8] = b"m/clock";
 /// Log-clock time of the last expired-session sweep.
