@@ -10,6 +10,8 @@
 #   scripts/cluster.sh pause N     SIGSTOP node N (a frozen process, like a long GC pause)
 #   scripts/cluster.sh resume N    SIGCONT node N
 #   scripts/cluster.sh logs N [-f] print (or follow) node N's log
+#   scripts/cluster.sh add         start a new node (next unused id) and add it to the cluster
+#   scripts/cluster.sh remove N    remove node N from the cluster, then stop it
 #   scripts/cluster.sh down        stop every node
 #   scripts/cluster.sh clean       stop every node and delete all data and logs
 #
@@ -37,9 +39,22 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 client_port() { echo $((CLIENT_BASE + $1)); }
 metrics_port() { echo $((METRICS_BASE + $1)); }
 peer_port() { echo $((PEER_BASE + $1)); }
+# Ids of the nodes this cluster has (the initial ones, plus any added), in order.
+node_ids() {
+  local ids="" d
+  if [[ -d "$DIR" ]]; then
+    for d in "$DIR"/node*; do
+      [[ -d "$d" ]] || continue
+      d="${d##*/node}"
+      [[ "$d" =~ ^[0-9]+$ ]] && ids+="$d "
+    done
+  fi
+  [[ -n "$ids" ]] || ids="$(seq 1 "$NODES" | tr '\n' ' ')"
+  echo "$ids" | tr ' ' '\n' | grep -v '^$' | sort -n | tr '\n' ' '
+}
 endpoints() {
   local out="" i
-  for i in $(seq 1 "$NODES"); do out+="${out:+,}127.0.0.1:$(client_port "$i")"; done
+  for i in $(node_ids); do out+="${out:+,}127.0.0.1:$(client_port "$i")"; done
   echo "$out"
 }
 initial_cluster() {
@@ -65,7 +80,7 @@ running_pid() {
 }
 
 check_node() {
-  [[ "$1" =~ ^[0-9]+$ ]] && (( $1 >= 1 && $1 <= NODES )) || die "no node '$1' (nodes are 1..$NODES)"
+  [[ "$1" =~ ^[0-9]+$ ]] && [[ " $(node_ids) " == *" $1 "* ]] || die "no node '$1' (nodes: $(node_ids))"
 }
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -93,10 +108,13 @@ start_node() {
   port_taken "$pp" && die "port $pp (node $n peer API) is already in use; stop what listens there or set RAFTKV_PEER_PORT_BASE"
   port_taken "$mp" && die "port $mp (node $n metrics) is already in use; stop what listens there or set RAFTKV_METRICS_PORT_BASE"
   mkdir -p "$DIR"
+  # The initial members get the initial cluster (ignored on restart); added nodes join.
+  local membership=(--initial-cluster "$(initial_cluster)")
+  if (( n > NODES )); then membership=(--join "${JOIN:-$(endpoints)}"); fi
   # shellcheck disable=SC2086
   nohup "$RAFTKVD" --id "$n" --data-dir "$DIR/node$n" \
     --client-addr "127.0.0.1:$cp" --peer-addr "127.0.0.1:$pp" --metrics-addr "127.0.0.1:$mp" \
-    --initial-cluster "$(initial_cluster)" ${RAFTKV_NODE_FLAGS:-} \
+    "${membership[@]}" ${RAFTKV_NODE_FLAGS:-} \
     >>"$(logfile "$n")" 2>&1 </dev/null &
   echo $! >"$(pidfile "$n")"
   echo "node $n started (pid $!, client 127.0.0.1:$cp, peer 127.0.0.1:$pp, metrics http://127.0.0.1:$mp/metrics)"
@@ -142,17 +160,44 @@ shift || true
 case "$cmd" in
   up)
     build
-    for n in $(seq 1 "$NODES"); do
+    for n in $(node_ids); do
       if [[ -n "$(running_pid "$n")" ]]; then die "node $n is already running; use 'status', or 'down' first"; fi
     done
-    for n in $(seq 1 "$NODES"); do start_node "$n"; done
+    for n in $(node_ids); do start_node "$n"; done
     wait_for_leader
     status
     echo
     echo "try: $RAFTKV put hello world && $RAFTKV get hello"
     ;;
   down)
-    for n in $(seq 1 "$NODES"); do stop_node "$n"; done
+    for n in $(node_ids); do stop_node "$n"; done
+    ;;
+  add)
+    build
+    # Ids are never reused: the next id is one past the highest ever used here.
+    last="$(cat "$DIR/last-id" 2>/dev/null || echo 0)"
+    for n in $(node_ids); do (( n > last )) && last=$n; done
+    n=$((last + 1))
+    echo "$n" >"$DIR/last-id"
+    JOIN="$(endpoints)" start_node "$n"
+    echo "node $n is joining; waiting until it is a voter..."
+    for i in $(seq 1 600); do
+      if "$RAFTKV" --endpoints "$(endpoints)" --timeout 2s member list -o json 2>/dev/null \
+          | grep -q "\"id\":$n,[^}]*\"voter\":true\|\"voter\":true,[^}]*\"id\":$n"; then
+        status
+        exit 0
+      fi
+      if [[ -z "$(running_pid "$n")" ]]; then die "node $n stopped; see: $0 logs $n"; fi
+      sleep 0.2
+    done
+    die "node $n did not become a voter within 120s; see: $0 logs $n"
+    ;;
+  remove)
+    check_node "${1:-}"
+    "$RAFTKV" --endpoints "$(endpoints)" member remove "$1"
+    stop_node "$1"
+    mv "$DIR/node$1" "$DIR/removed-node$1"
+    echo "node $1 removed; its data was moved to $DIR/removed-node$1 (it cannot rejoin: ids are never reused)"
     ;;
   status)
     status
@@ -181,7 +226,7 @@ case "$cmd" in
     if [[ "${2:-}" == "-f" ]]; then tail -n 50 -f "$(logfile "$1")"; else cat "$(logfile "$1")"; fi
     ;;
   clean)
-    for n in $(seq 1 "$NODES"); do stop_node "$n"; done
+    for n in $(node_ids); do stop_node "$n"; done
     rm -rf "$DIR"
     echo "removed $DIR"
     ;;

@@ -53,11 +53,14 @@ impl NodeCore {
             .to_string();
         let term = self.raft.metrics().borrow().current_term;
         let span = tracing::info_span!("request", node = self.id, rpc, request_id = %request_id, term);
-        let result = self
-            .metrics
-            .observe(rpc, handler(request))
-            .instrument(span.clone())
-            .await;
+        let call = async {
+            // A removed node still answers Status (operators need to see it), nothing else.
+            if self.removal.is_removed() && rpc != "Status" {
+                return Err(ApiError::Removed(self.id).into());
+            }
+            handler(request).await
+        };
+        let result = self.metrics.observe(rpc, call).instrument(span.clone()).await;
         if let Err(status) = &result {
             span.in_scope(|| tracing::debug!(code = ?status.code(), message = status.message(), "call failed"));
         }

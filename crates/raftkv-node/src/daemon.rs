@@ -19,13 +19,10 @@ use crate::{NodeConfig, RunningNode};
     version,
     about,
     long_about = None,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    after_help = "Tools: `raftkvd restore --help` (a new cluster from a backup), \
+                  `raftkvd recover --help` (a new cluster from a survivor after quorum loss)."
 )]
 pub struct Args {
-    #[command(subcommand)]
-    pub tool: Option<Tool>,
-
     #[command(flatten)]
     pub node: NodeConfig,
 
@@ -60,6 +57,14 @@ pub struct NewNode {
     /// Peer address it will serve (and advertise).
     #[arg(long, default_value = "127.0.0.1:7101")]
     pub peer_addr: SocketAddr,
+}
+
+/// `raftkvd restore ...` / `raftkvd recover ...`.
+#[derive(Debug, Parser)]
+#[command(name = "raftkvd", version)]
+pub struct ToolArgs {
+    #[command(subcommand)]
+    pub tool: Tool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +163,10 @@ fn restored_message(node: &NewNode, verb: &str, from: &Path, last_index: u64) ->
 /// Runs `raftkvd` and returns its exit code: 0 after a clean shutdown, 1 when the node could
 /// not start (the reason is printed), 2 on bad flags.
 pub fn main() -> ExitCode {
+    let first = std::env::args().nth(1);
+    if matches!(first.as_deref(), Some("restore" | "recover")) {
+        return run_tool_main(ToolArgs::parse().tool);
+    }
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&args.log_level))
@@ -181,18 +190,6 @@ pub fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        if let Some(tool) = args.tool {
-            return match run_tool(tool).await {
-                Ok(message) => {
-                    println!("{message}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("raftkvd: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
         let node = match RunningNode::start(args.node).await {
             Ok(n) => n,
             Err(e) => {
@@ -225,6 +222,26 @@ pub fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn run_tool_main(tool: Tool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raftkvd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_tool(tool)) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("raftkvd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {
