@@ -12,6 +12,8 @@
 #   scripts/cluster.sh logs N [-f] print (or follow) node N's log
 #   scripts/cluster.sh add         start a new node (next unused id) and add it to the cluster
 #   scripts/cluster.sh remove N    remove node N from the cluster, then stop it
+#   scripts/cluster.sh recover N   quorum lost for good: rebuild a one-node cluster from node N's
+#                                  data (the other nodes' data is set aside); then `add` nodes
 #   scripts/cluster.sh down        stop every node
 #   scripts/cluster.sh clean       stop every node and delete all data and logs
 #
@@ -39,7 +41,7 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 client_port() { echo $((CLIENT_BASE + $1)); }
 metrics_port() { echo $((METRICS_BASE + $1)); }
 peer_port() { echo $((PEER_BASE + $1)); }
-# Ids of the nodes this cluster has (the initial ones, plus any added), in order.
+# Ids of the nodes this cluster has (the initial ones, plus any added since), in order.
 node_ids() {
   local ids="" d
   if [[ -d "$DIR" ]]; then
@@ -49,8 +51,10 @@ node_ids() {
       [[ "$d" =~ ^[0-9]+$ ]] && ids+="$d "
     done
   fi
-  [[ -n "$ids" ]] || ids="$(seq 1 "$NODES" | tr '\n' ' ')"
-  echo "$ids" | tr ' ' '\n' | grep -v '^$' | sort -n | tr '\n' ' '
+  ids+="$(seq 1 "$NODES" | tr '\n' ' ')"
+  for d in $ids; do
+    [[ -d "$DIR/removed-node$d" ]] || echo "$d"
+  done | sort -nu | tr '\n' ' '
 }
 endpoints() {
   local out="" i
@@ -191,6 +195,31 @@ case "$cmd" in
       sleep 0.2
     done
     die "node $n did not become a voter within 120s; see: $0 logs $n"
+    ;;
+  recover)
+    check_node "${1:-}"
+    build
+    survivor="$1"
+    for n in $(node_ids); do stop_node "$n"; done
+    recovered="$DIR/recovered-node$survivor"
+    rm -rf "$recovered"
+    "$RAFTKVD" recover --from-data-dir "$DIR/node$survivor" --id "$survivor" --data-dir "$recovered" \
+      --client-addr "127.0.0.1:$(client_port "$survivor")" --peer-addr "127.0.0.1:$(peer_port "$survivor")"
+    # Ids are never reused: remember the highest one, and set every old node's data aside.
+    last="$(cat "$DIR/last-id" 2>/dev/null || echo 0)"
+    stamp="$(date +%s)"
+    for n in $(node_ids); do
+      (( n > last )) && last=$n
+      mv "$DIR/node$n" "$DIR/lost-node$n-$stamp"
+      [[ "$n" == "$survivor" ]] || mkdir -p "$DIR/removed-node$n"
+    done
+    echo "$last" >"$DIR/last-id"
+    mv "$recovered" "$DIR/node$survivor"
+    start_node "$survivor"
+    wait_for_leader
+    status
+    echo
+    echo "node $survivor now leads a new one-node cluster; grow it with: $0 add"
     ;;
   remove)
     check_node "${1:-}"

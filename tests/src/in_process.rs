@@ -127,6 +127,25 @@ impl InProcessCluster {
         Ok(self.nodes[&id].store.reader().dump()?)
     }
 
+    /// Starts a pristine node `id` that is not a member (add it with `Client::add_member`);
+    /// returns its client and peer addresses.
+    pub async fn start_pristine(&mut self, id: NodeId, tune: impl Fn(&mut NodeConfig)) -> anyhow::Result<NodeAddr> {
+        let client = TcpListener::bind("127.0.0.1:0").await?;
+        let peer = TcpListener::bind("127.0.0.1:0").await?;
+        let mut config = NodeConfig::new(
+            id,
+            self.dir.path().join(format!("node{id}")),
+            client.local_addr()?,
+            peer.local_addr()?,
+        );
+        tune(&mut config);
+        let addr = config.advertised();
+        let node = RunningNode::start_with_listeners(config.clone(), client, peer).await?;
+        self.configs.insert(id, config);
+        self.nodes.insert(id, node);
+        Ok(addr)
+    }
+
     /// Shuts node `id` down cleanly; its data stays for [`Self::restart`].
     pub async fn stop(&mut self, id: NodeId) {
         if let Some(node) = self.nodes.remove(&id) {

@@ -23,6 +23,8 @@ struct ProcNode {
     child: Option<Child>,
     /// Flags for this node only (e.g. `--peer-route`).
     flags: Vec<String>,
+    /// Added after the start (pristine, waiting to be added): not in --initial-cluster.
+    added: bool,
 }
 
 pub struct ProcessCluster {
@@ -66,6 +68,7 @@ impl ProcessCluster {
                     metrics_port: free_port(),
                     child: None,
                     flags: Vec::new(),
+                    added: false,
                 },
             );
         }
@@ -105,6 +108,7 @@ impl ProcessCluster {
     fn initial_cluster(&self) -> String {
         self.nodes
             .iter()
+            .filter(|(_, n)| !n.added)
             .map(|(id, n)| format!("{id}=127.0.0.1:{}@127.0.0.1:{}", n.client_port, n.peer_port))
             .collect::<Vec<_>>()
             .join(",")
@@ -130,14 +134,39 @@ impl ProcessCluster {
             format!("127.0.0.1:{}", n.client_port),
             "--peer-addr".into(),
             format!("127.0.0.1:{}", n.peer_port),
-            "--initial-cluster".into(),
-            self.initial_cluster(),
             "--metrics-addr".into(),
             format!("127.0.0.1:{}", n.metrics_port),
         ];
+        if !n.added {
+            args.extend(["--initial-cluster".to_string(), self.initial_cluster()]);
+        }
         args.extend(self.extra_flags.iter().cloned());
         args.extend(n.flags.iter().cloned());
         args
+    }
+
+    /// Starts a pristine node `id` that is not a member yet (add it with
+    /// `Client::add_member`, or pass `--join` in `flags`); returns its `CLIENT@PEER`.
+    pub fn start_added_node(&mut self, id: NodeId, flags: Vec<String>) -> anyhow::Result<String> {
+        anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} exists");
+        self.nodes.insert(
+            id,
+            ProcNode {
+                client_port: free_port(),
+                peer_port: free_port(),
+                metrics_port: free_port(),
+                child: None,
+                flags,
+                added: true,
+            },
+        );
+        self.start_node(id)?;
+        let n = &self.nodes[&id];
+        Ok(format!("127.0.0.1:{}@127.0.0.1:{}", n.client_port, n.peer_port))
+    }
+
+    pub fn peer_addr(&self, id: NodeId) -> String {
+        format!("127.0.0.1:{}", self.nodes[&id].peer_port)
     }
 
     /// Starts (or restarts) node `id` with its data dir.

@@ -163,13 +163,24 @@ fn cluster_script_up_kill_start_pause_down_clean() {
     assert!(report["writes_acknowledged"].as_u64().unwrap_or(0) > 0);
     assert_eq!(report["errors_other"], serde_json::json!({}), "{report}");
 
+    // Grow by one node, then shrink by another.
+    let add = s.run(&["add"]);
+    assert!(add.status.success(), "{}", text(&add));
+    assert!(text(&add).contains("voters up 4/4"), "{}", text(&add));
+    let victim = if s.leader() == "2" { "3" } else { "2" };
+    let remove = s.run(&["remove", victim]);
+    assert!(remove.status.success(), "{}", text(&remove));
+    let status = s.raftkv(&["cluster", "status"]);
+    assert!(text(&status).contains("voters up 3/3"), "{}", text(&status));
+    assert!(!s.run(&["start", victim]).status.success(), "a removed node is not a node any more");
+
     let logs = s.run(&["logs", "1"]);
     assert!(text(&logs).contains("node started"), "{}", text(&logs));
     assert!(!s.run(&["kill", "9"]).status.success(), "unknown node refused");
 
     let down = s.run(&["down"]);
     assert!(down.status.success(), "{}", text(&down));
-    assert!(text(&down).contains("node 3 stopped"), "{}", text(&down));
+    assert!(text(&down).contains("node 4 stopped"), "{}", text(&down));
     let status = s.raftkv(&["--timeout", "300ms", "cluster", "status"]);
     assert_eq!(status.status.code(), Some(3), "nothing answers after down");
 

@@ -56,6 +56,7 @@ pub struct RunningNode {
     /// Set when the node hit an error it cannot recover from (e.g. the cluster refused to add
     /// it); the daemon then stops.
     pub fatal: watch::Receiver<Option<String>>,
+    removal: Removal,
     shutdown: watch::Sender<bool>,
     client_server: JoinHandle<()>,
     peer_server: JoinHandle<()>,
@@ -138,6 +139,7 @@ impl RunningNode {
         let (fatal_tx, fatal) = watch::channel(None);
         let read_path = ReadPath::new(config.id, raft.clone(), network.clone());
         let removal = Removal::new(&config.data_dir);
+        let core_removal = removal.clone();
         let core = NodeCore {
             id: config.id,
             raft: raft.clone(),
@@ -231,6 +233,7 @@ impl RunningNode {
             faults,
             health,
             fatal,
+            removal: core_removal,
             shutdown,
             client_server,
             peer_server,
@@ -249,6 +252,11 @@ impl RunningNode {
             ));
         }
         Ok(node)
+    }
+
+    /// Whether this node knows it was removed from its cluster.
+    pub fn removal_is_marked(&self) -> bool {
+        self.removal.is_removed()
     }
 
     /// Stops the node in order: stop taking client calls (letting in-flight ones finish),
