@@ -172,7 +172,10 @@ fn cluster_script_up_kill_start_pause_down_clean() {
     assert!(remove.status.success(), "{}", text(&remove));
     let status = s.raftkv(&["cluster", "status"]);
     assert!(text(&status).contains("voters up 3/3"), "{}", text(&status));
-    assert!(!s.run(&["start", victim]).status.success(), "a removed node is not a node any more");
+    assert!(
+        !s.run(&["start", victim]).status.success(),
+        "a removed node is not a node any more"
+    );
 
     let logs = s.run(&["logs", "1"]);
     assert!(text(&logs).contains("node started"), "{}", text(&logs));
