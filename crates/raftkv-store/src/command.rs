@@ -55,6 +55,40 @@ pub enum Command {
     },
     /// Compare-then-act, atomically.
     Txn(Txn),
+    /// Several clients' writes that the leader's write batcher proposed as one log entry (one
+    /// append and one fsync for all of them). They apply in order, each under its own
+    /// exactly-once session, and share the entry's revision, as if in one transaction. A batch
+    /// never holds two writes that touch the same key (see [`Command::point_keys`]), so a key's
+    /// mod_revision still names exactly one write.
+    Batch(Vec<BatchedWrite>),
+}
+
+/// One client write inside a [`Command::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchedWrite {
+    pub session: Option<ClientSession>,
+    pub command: Command,
+}
+
+impl Command {
+    /// The keys this command reads or writes, when it touches single keys only; `None` when it
+    /// touches a range (or cluster state), so it must not share a batch with anything.
+    pub fn point_keys(&self) -> Option<Vec<&[u8]>> {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => Some(vec![key.as_slice()]),
+            Command::Txn(txn) => {
+                let mut keys: Vec<&[u8]> = txn.compares.iter().map(|c| c.key.as_slice()).collect();
+                for op in txn.success.iter().chain(&txn.failure) {
+                    match op {
+                        TxnOp::Put { key, .. } | TxnOp::Delete { key, .. } | TxnOp::Get { key } => keys.push(key),
+                        TxnOp::DeleteRange { .. } => return None,
+                    }
+                }
+                Some(keys)
+            }
+            Command::DeleteRange { .. } | Command::SetClusterId { .. } | Command::Batch(_) => None,
+        }
+    }
 }
 
 /// A transaction: if every compare holds, run `success`, else `failure`.
@@ -193,4 +227,6 @@ pub enum Response {
         client_id: u64,
         seq: u64,
     },
+    /// One response per write of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }

@@ -492,6 +492,18 @@ impl<'a> BatchApplier<'a> {
     /// saved answer.
     fn apply_request(&mut self, revision: u64, request: Request) -> Result<Response, StorageError> {
         self.advance_clock(request.timestamp_ms)?;
+        if let Command::Batch(writes) = request.command {
+            let mut responses = Vec::with_capacity(writes.len());
+            for write in writes {
+                let one = Request {
+                    timestamp_ms: request.timestamp_ms,
+                    session: write.session,
+                    command: write.command,
+                };
+                responses.push(self.apply_request(revision, one)?);
+            }
+            return Ok(Response::Batch(responses));
+        }
         let Some(session) = request.session else {
             return self.apply(revision, request.command);
         };
@@ -685,6 +697,15 @@ impl<'a> BatchApplier<'a> {
                     succeeded,
                     results,
                 })
+            }
+            Command::Batch(writes) => {
+                // apply_request unpacks batches (each write under its own session); one that
+                // arrives here, without a session, is applied the same way.
+                let mut responses = Vec::with_capacity(writes.len());
+                for write in writes {
+                    responses.push(self.apply(revision, write.command)?);
+                }
+                Ok(Response::Batch(responses))
             }
             Command::SetClusterId { cluster_id } => {
                 let current = match self.cluster_id {
