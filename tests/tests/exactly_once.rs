@@ -89,19 +89,10 @@ async fn a_follower_restored_from_a_snapshot_still_recognizes_retries() -> anyho
 
     cluster.stop(follower).await;
     let client = cluster.client();
-    // Enough entries for a snapshot and a purge (the leader purges in batches of 256).
-    let mut fillers = Vec::new();
-    for t in 0..8 {
-        let client = client.clone();
-        fillers.push(tokio::spawn(async move {
-            for i in 0..40 {
-                client.put(format!("filler-{t}-{i}"), "x").await?;
-            }
-            Ok::<_, raftkv_client::ClientError>(())
-        }));
-    }
-    for f in fillers {
-        f.await??;
+    // Enough entries for a snapshot and a purge (the leader purges in batches of 256). One
+    // write at a time, so that each is an entry of its own (concurrent writes share entries).
+    for i in 0..320 {
+        client.put(format!("filler-{i}"), "x").await?;
     }
     wait::until(T, "the leader to purge behind a snapshot", || async {
         let purged = cluster.node(leader).raft.metrics().borrow().purged;

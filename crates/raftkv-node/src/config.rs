@@ -194,16 +194,16 @@ pub struct NodeConfig {
     pub advertise_peer_addr: Option<String>,
 
     /// Leader heartbeat interval in milliseconds.
-    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 50)]
+    #[arg(long, env = "RAFTKV_HEARTBEAT_MS", default_value_t = 30)]
     pub heartbeat_ms: u64,
 
     /// Minimum election timeout in milliseconds (a follower that hears no leader for a random
     /// time in [min, max) starts an election).
-    #[arg(long, env = "RAFTKV_ELECTION_MIN_MS", default_value_t = 150)]
+    #[arg(long, env = "RAFTKV_ELECTION_MIN_MS", default_value_t = 70)]
     pub election_min_ms: u64,
 
     /// Maximum election timeout in milliseconds.
-    #[arg(long, env = "RAFTKV_ELECTION_MAX_MS", default_value_t = 300)]
+    #[arg(long, env = "RAFTKV_ELECTION_MAX_MS", default_value_t = 100)]
     pub election_max_ms: u64,
 
     /// Build a snapshot (and purge the log behind it) after this many new log entries.
@@ -272,9 +272,9 @@ impl NodeConfig {
             client_addr,
             peer_addr,
             initial_cluster: None,
-            heartbeat_ms: 50,
-            election_min_ms: 150,
-            election_max_ms: 300,
+            heartbeat_ms: 30,
+            election_min_ms: 70,
+            election_max_ms: 100,
             snapshot_every: 10_000,
             snapshot_keep_logs: 1_000,
             request_timeout_ms: 30_000,

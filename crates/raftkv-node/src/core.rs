@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use raftkv_proto::v1::{Consistency, ResponseHeader};
-use raftkv_store::command::{ClientSession, Command, Request as SmRequest, Response as SmResponse};
+use raftkv_store::command::{ClientSession, Command, Response as SmResponse};
 use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreHandle};
 
@@ -19,6 +19,7 @@ use crate::membership::Removal;
 use crate::metrics::NodeMetrics;
 use crate::network::PeerNetwork;
 use crate::read_index::ReadPath;
+use crate::write_batcher::WriteBatcher;
 
 /// Shared by the client-facing services of one node. Cheap to clone.
 #[derive(Clone)]
@@ -30,6 +31,7 @@ pub struct NodeCore {
     pub metrics: Arc<NodeMetrics>,
     pub removal: Removal,
     pub peers: PeerNetwork,
+    pub writes: WriteBatcher,
 }
 
 impl NodeCore {
@@ -83,24 +85,11 @@ impl NodeCore {
         }
     }
 
-    /// Proposes `command` through Raft and waits until it is committed and applied here. With a
-    /// `session`, a retry of a write already applied gets the first answer instead of applying
-    /// again.
+    /// Proposes `command` through Raft (batched with concurrent writes, see [`WriteBatcher`])
+    /// and waits until it is committed and applied here. With a `session`, a retry of a write
+    /// already applied gets the first answer instead of applying again.
     pub async fn write(&self, command: Command, session: Option<ClientSession>) -> Result<SmResponse, ApiError> {
-        let request = SmRequest {
-            timestamp_ms: now_millis(),
-            session,
-            command,
-        };
-        match self.raft.client_write(request).await {
-            Ok(r) => match r.data {
-                SmResponse::AlreadyAcknowledged { client_id, seq } => {
-                    Err(ApiError::AlreadyAcknowledged { client_id, seq })
-                }
-                data => Ok(data),
-            },
-            Err(e) => Err(ApiError::from_client_write(self.id, e)),
-        }
+        self.writes.write(command, session).await
     }
 
     /// Makes a read at `consistency` safe to serve from the local state.

@@ -34,6 +34,7 @@ pub mod peer_service;
 pub mod read_index;
 pub mod request;
 pub mod startup;
+pub mod write_batcher;
 
 pub use config::{InitialCluster, NodeConfig};
 pub use node::RunningNode;

@@ -56,6 +56,8 @@ pub struct NodeMetrics {
     fsync_seconds: Histogram,
     apply_seconds: Histogram,
     applied_entries: IntCounter,
+    log_group_commits: IntCounter,
+    log_group_committed_appends: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -161,6 +163,16 @@ impl NodeMetrics {
                 "applied_entries_total",
                 "Log entries applied to the state machine",
             )?,
+            log_group_commits: counter(
+                &registry,
+                "log_group_commits_total",
+                "Log fsyncs made by the group committer",
+            )?,
+            log_group_committed_appends: counter(
+                &registry,
+                "log_group_committed_appends_total",
+                "Log appends those fsyncs acknowledged (divide by log_group_commits_total: appends per fsync)",
+            )?,
             role,
             replication_lag,
             requests,
@@ -260,6 +272,11 @@ impl StoreObserver for NodeMetrics {
     fn applied(&self, entries: usize, took: Duration) {
         self.apply_seconds.observe(took.as_secs_f64());
         self.applied_entries.inc_by(entries as u64);
+    }
+
+    fn log_flush_batch(&self, appends: usize) {
+        self.log_group_commits.inc();
+        self.log_group_committed_appends.inc_by(appends as u64);
     }
 }
 

@@ -31,6 +31,7 @@ use crate::network::{IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_P
 use crate::peer_service::PeerService;
 use crate::read_index::ReadPath;
 use crate::startup::{self, StartupError};
+use crate::write_batcher::WriteBatcher;
 
 /// Largest client request accepted: a maximal value plus room for the key and framing, so an
 /// oversized value gets our own clear InvalidArgument rather than a transport error.
@@ -148,6 +149,7 @@ impl RunningNode {
             metrics: metrics.clone(),
             removal: removal.clone(),
             peers: network.clone(),
+            writes: WriteBatcher::new(config.id, raft.clone(), crate::core::now_millis),
         };
 
         let peer_service = PeerService::new(
