@@ -5,7 +5,11 @@
 //! timeout ([`ClientConfig::attempt_timeout`]) so a frozen node cannot eat the whole deadline.
 //! Within the deadline the client:
 //! - sends writes to the leader it knows of, following `raftkv-leader-addr` hints, and finds
-//!   the leader by asking every endpoint's Status when it has no hint;
+//!   the leader by asking every endpoint's Status when it has no hint. When the leader it knew
+//!   stops answering (or nobody knows a leader), it polls the endpoints' Status every
+//!   [`LEADER_POLL_INTERVAL`] until a new leader shows up, ignoring nodes that still name the
+//!   lost one, instead of backing off: a failover is over the moment an election is, not a
+//!   backoff step later. One call polls for all the calls of a client;
 //! - spreads reads (linearizable or stale) over the endpoints by smooth weighted round robin,
 //!   skipping endpoints whose circuit breaker is open and using backups only when no primary
 //!   is usable;
@@ -251,8 +255,20 @@ struct Inner {
     endpoints: RwLock<Vec<Arc<EndpointState>>>,
     balancer: Mutex<SmoothWeightedRoundRobin>,
     leader: Mutex<Option<String>>,
+    /// The leader that last stopped answering, and when: other nodes keep naming it until
+    /// their leader lease runs out, and those hints are not worth following.
+    lost_leader: Mutex<Option<(String, Instant)>>,
+    /// Held by the one call that is polling for a new leader; the others wait for its answer.
+    discovery: tokio::sync::Mutex<()>,
     sequence: Arc<WriteSequence>,
 }
+
+/// How often a client polls the endpoints' Status while it waits for a new leader.
+pub const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long one search for a leader polls before the call falls back to backoff.
+const LEADER_POLL_LIMIT: Duration = Duration::from_secs(2);
+/// How long a leader that stopped answering is distrusted in other nodes' hints.
+const LOST_LEADER_MEMORY: Duration = Duration::from_secs(3);
 
 /// A raftkv client. Cheap to clone; clones share connections, breakers, leader knowledge and
 /// the write sequence.
@@ -271,6 +287,8 @@ impl Client {
                 endpoints: RwLock::new(Vec::new()),
                 balancer: Mutex::new(SmoothWeightedRoundRobin::default()),
                 leader: Mutex::new(None),
+                lost_leader: Mutex::new(None),
+                discovery: tokio::sync::Mutex::new(()),
                 sequence: WriteSequence::new(client_id),
                 config,
             }),
@@ -303,6 +321,25 @@ impl Client {
         let mut leader = self.inner.leader.lock().unwrap_or_else(|e| e.into_inner());
         if leader.as_deref() == Some(addr) {
             *leader = None;
+        }
+    }
+
+    /// The leader at `addr` stopped answering: forget it, and distrust hints naming it for a
+    /// while.
+    fn leader_lost(&self, addr: &str) {
+        let was_leader = self.known_leader().as_deref() == Some(addr);
+        self.forget_leader(addr);
+        if was_leader {
+            *self.inner.lost_leader.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((addr.to_string(), Instant::now()));
+        }
+    }
+
+    /// Whether `addr` is a leader that recently stopped answering.
+    fn is_lost_leader(&self, addr: &str) -> bool {
+        match &*self.inner.lost_leader.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((lost, at)) => lost == addr && at.elapsed() < LOST_LEADER_MEMORY,
+            None => false,
         }
     }
 
@@ -412,7 +449,7 @@ impl Client {
                 (CallKind::Write, None) => {
                     let leader = match self.known_leader() {
                         Some(l) => Some(l),
-                        None => self.discover_leader(deadline).await,
+                        None => self.await_leader(deadline).await,
                     };
                     match leader {
                         Some(l) => Some(self.endpoint(&l)?),
@@ -466,6 +503,9 @@ impl Client {
                 Failure::Final(e) => return Err(e),
                 Failure::Unknown(msg) => {
                     last_error = format!("{addr}: {msg}");
+                    if transport_failure {
+                        self.leader_lost(&addr);
+                    }
                     self.forget_leader(&addr);
                     if kind == CallKind::Write {
                         outcome_unknown = true;
@@ -481,6 +521,10 @@ impl Client {
                         // A stale hint pointing back at the node that gave it.
                         self.set_leader(None);
                         self.pause(&mut backoff, deadline).await;
+                    } else if kind == CallKind::Write && self.is_lost_leader(&hint) {
+                        // This node's lease on the dead leader has not run out yet: wait for
+                        // the election (the next attempt polls for the new leader).
+                        self.set_leader(None);
                     } else {
                         tracing::debug!(from = %addr, to = %hint, "following leader hint");
                         self.set_leader(Some(hint.clone()));
@@ -489,8 +533,15 @@ impl Client {
                 }
                 Failure::NotStarted(msg) => {
                     last_error = format!("{addr}: {msg}");
-                    self.forget_leader(&addr);
-                    self.pause(&mut backoff, deadline).await;
+                    if kind == CallKind::Write && transport_failure {
+                        // The leader is gone (connection refused): poll for its successor.
+                        self.leader_lost(&addr);
+                    } else if kind == CallKind::Write && self.known_leader().is_none() {
+                        // No leader anywhere yet: the next attempt polls for one.
+                    } else {
+                        self.forget_leader(&addr);
+                        self.pause(&mut backoff, deadline).await;
+                    }
                 }
             }
         }
@@ -501,8 +552,29 @@ impl Client {
         tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
     }
 
+    /// Finds the leader, polling every [`LEADER_POLL_INTERVAL`] (up to [`LEADER_POLL_LIMIT`] or
+    /// `deadline`) while no node names a live one. One call polls at a time; the others wait
+    /// and take its answer.
+    async fn await_leader(&self, deadline: Instant) -> Option<String> {
+        let _polling = self.inner.discovery.lock().await;
+        if let Some(leader) = self.known_leader() {
+            return Some(leader);
+        }
+        let until = deadline.min(Instant::now() + LEADER_POLL_LIMIT);
+        loop {
+            if let Some(leader) = self.discover_leader(deadline).await {
+                return Some(leader);
+            }
+            if Instant::now() + LEADER_POLL_INTERVAL >= until {
+                return None;
+            }
+            tokio::time::sleep(LEADER_POLL_INTERVAL).await;
+        }
+    }
+
     /// Asks every endpoint for its status and returns the client address of the leader with
-    /// the highest term, if any node knows one.
+    /// the highest term, if any node knows one (other than a leader that just stopped
+    /// answering, unless it says so itself).
     async fn discover_leader(&self, deadline: Instant) -> Option<String> {
         let probe_timeout = deadline
             .saturating_duration_since(Instant::now())
@@ -514,6 +586,7 @@ impl Client {
             .into_iter()
             .filter_map(|(_, s, _)| s.ok())
             .filter(|s| !s.leader_addr.is_empty())
+            .filter(|s| s.role == Role::Leader as i32 || !self.is_lost_leader(&s.leader_addr))
             .max_by_key(|s| (s.term, s.role == Role::Leader as i32))?;
         let addr = best.leader_addr;
         self.set_leader(Some(addr.clone()));
