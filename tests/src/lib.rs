@@ -13,6 +13,7 @@ pub mod chaos;
 pub mod in_process;
 pub mod linearizability;
 pub mod process;
+pub mod script;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -117,6 +117,12 @@ pub enum Command {
     },
     /// Load the cluster and report throughput and latency (see `raftkv bench --help`).
     Bench(crate::bench::BenchArgs),
+    /// Print the side-by-side table (etcd vs raftkv) from files of `raftkv bench -o json` lines.
+    BenchTable {
+        /// Files holding the JSON lines (several rounds and both systems may be mixed).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// List keys: a prefix, or [START, END) (END omitted: to the last key).
     Range(RangeArgs),
     /// Cluster administration.
@@ -228,26 +234,37 @@ impl RangeArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationArg(pub Duration);
 
+impl DurationArg {
+    /// Parses a duration that may be zero (`0s`), for options such as `--warmup`.
+    pub fn zero_allowed(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Self)
+    }
+}
+
 impl std::str::FromStr for DurationArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 1m"))?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" | "" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
-        };
+        let d = parse_duration(s)?;
         if d.is_zero() {
-            return Err("the timeout must be positive".into());
+            return Err("the duration must be more than zero".into());
         }
         Ok(Self(d))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("unknown unit {unit:?} in {s:?}; use ms, s or m")),
     }
 }
 

@@ -13,7 +13,6 @@
 pub mod admin;
 pub mod args;
 pub mod bench;
-pub mod failover_bench;
 pub mod output;
 pub mod txn_syntax;
 pub mod watch;
@@ -62,6 +61,15 @@ fn exit_code_for(e: &ClientError) -> u8 {
         ClientError::InvalidArgument(_) | ClientError::Config(_) => EXIT_USAGE,
         ClientError::Unavailable(_) | ClientError::Indeterminate(_) => EXIT_UNAVAILABLE,
         ClientError::Server { .. } => EXIT_SERVER_ERROR,
+    }
+}
+
+fn bench_fail(e: bench::driver::OpError) -> u8 {
+    eprintln!("raftkv bench: {e}");
+    match e.kind.as_str() {
+        "config" | "invalid_argument" => EXIT_USAGE,
+        "unavailable" | "indeterminate" | "deadline_exceeded" | "transport" => EXIT_UNAVAILABLE,
+        _ => EXIT_SERVER_ERROR,
     }
 }
 
@@ -238,17 +246,30 @@ pub async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Bench(args) if args.workload == bench::Workload::Failover => {
-            match failover_bench::run(&args, &cli.endpoints).await {
+            match bench::failover::run(&args, &cli.endpoints, cli.timeout.0).await {
                 Ok(report) if json => print(&report.json()),
                 Ok(report) => print(&report.text()),
-                Err(e) => fail(e),
+                Err(e) => bench_fail(e),
             }
         }
         Command::Bench(args) => match bench::run(&args, &cli.endpoints, cli.timeout.0).await {
             Ok(report) if json => print(&report.json()),
             Ok(report) => print(&report.text()),
-            Err(e) => fail(e),
+            Err(e) => bench_fail(e),
         },
+        Command::BenchTable { files } => {
+            let mut inputs = Vec::new();
+            for f in &files {
+                match std::fs::read_to_string(f) {
+                    Ok(text) => inputs.push(text),
+                    Err(e) => return usage(format!("cannot read {}: {e}", f.display())),
+                }
+            }
+            match bench::table::render(&inputs) {
+                Ok(table) => print(&table),
+                Err(msg) => usage(msg),
+            }
+        }
         Command::Range(r) => {
             let req: RangeRequest = match r.to_request() {
                 Ok(req) => req,

@@ -1,0 +1,203 @@
+//! `--driver etcd`: the benchmark's operations against etcd's v3 API (etcd-client crate).
+//!
+//! Built only with the cargo feature `etcd`. Reads are linearizable Range calls or, for
+//! `--consistency stale`, serializable ones (served by whichever member gets them); the
+//! compare-and-swap is one Txn, like raftkv's. There are no client-side retries: a failed call is
+//! counted and the workload moves on, which is how etcd's own benchmark tool behaves.
+//!
+//! An error from a write counts as indeterminate unless the request cannot have reached a
+//! server (the connection was refused).
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+
+use super::driver::{CasOutcome, Leader, OpError};
+use super::Target;
+
+#[derive(Clone)]
+pub struct EtcdDriver {
+    clients: Vec<Client>,
+    /// One client per endpoint, for per-member status calls.
+    members: Vec<Client>,
+}
+
+fn error(e: etcd_client::Error, write: bool) -> OpError {
+    let (kind, never_sent) = match &e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let refused = s.code() == tonic::Code::Unavailable
+                && (s.message().contains("connect") || s.message().contains("refused"));
+            (format!("{:?}", s.code()).to_lowercase(), refused)
+        }
+        etcd_client::Error::TransportError(_) => ("transport".to_string(), false),
+        etcd_client::Error::InvalidArgs(_) => ("invalid_argument".to_string(), true),
+        _ => ("other".to_string(), false),
+    };
+    let kind = match kind.as_str() {
+        "unavailable" | "deadlineexceeded" | "cancelled" | "unknown" | "transport" | "other" | "invalid_argument" => {
+            kind.replace("deadlineexceeded", "deadline_exceeded")
+        }
+        k => format!("server_{k}"),
+    };
+    OpError {
+        indeterminate: write && !never_sent,
+        kind,
+        message: e.to_string(),
+    }
+}
+
+fn options(timeout: Duration) -> ConnectOptions {
+    ConnectOptions::new()
+        .with_timeout(timeout)
+        .with_connect_timeout(timeout)
+}
+
+impl EtcdDriver {
+    pub async fn connect(
+        endpoints: &str,
+        connections: usize,
+        target: Target,
+        timeout: Duration,
+    ) -> Result<Self, OpError> {
+        let list: Vec<String> = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect();
+        if list.is_empty() {
+            return Err(OpError {
+                kind: "config".into(),
+                indeterminate: false,
+                message: "no etcd endpoints given".into(),
+            });
+        }
+        let mut members = Vec::new();
+        for e in &list {
+            members.push(
+                Client::connect([e.as_str()], Some(options(timeout)))
+                    .await
+                    .map_err(|e| error(e, false))?,
+            );
+        }
+        let mut this = EtcdDriver {
+            clients: Vec::new(),
+            members,
+        };
+        let serve: Vec<String> = match target {
+            Target::All => list,
+            Target::Leader => vec![this.leader().await?.addr],
+        };
+        for _ in 0..connections.max(1) {
+            this.clients.push(
+                Client::connect(&serve, Some(options(timeout)))
+                    .await
+                    .map_err(|e| error(e, false))?,
+            );
+        }
+        Ok(this)
+    }
+
+    fn client(&self, conn: usize) -> Client {
+        self.clients[conn % self.clients.len()].clone()
+    }
+
+    pub async fn put(&self, conn: usize, key: &[u8], value: &[u8]) -> Result<(), OpError> {
+        self.client(conn)
+            .put(key, value, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| error(e, true))
+    }
+
+    pub async fn get(&self, conn: usize, key: &[u8], linearizable: bool) -> Result<Option<Vec<u8>>, OpError> {
+        let opts = (!linearizable).then(|| GetOptions::new().with_serializable());
+        let resp = self.client(conn).get(key, opts).await.map_err(|e| error(e, false))?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    pub async fn compare_and_swap(
+        &self,
+        conn: usize,
+        key: &[u8],
+        expected: &[u8],
+        new: &[u8],
+    ) -> Result<CasOutcome, OpError> {
+        let txn = Txn::new()
+            .when([Compare::value(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, new, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client(conn).txn(txn).await.map_err(|e| error(e, true))?;
+        if resp.succeeded() {
+            return Ok(CasOutcome::Swapped);
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.value().to_vec())),
+            _ => None,
+        });
+        Ok(CasOutcome::Conflict(current.flatten()))
+    }
+
+    pub async fn preload(&self, conn: usize, items: &[(Vec<u8>, Vec<u8>)]) -> Result<(), OpError> {
+        for chunk in items.chunks(super::driver::PRELOAD_BATCH) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None))
+                .collect();
+            self.client(conn)
+                .txn(Txn::new().and_then(ops))
+                .await
+                .map_err(|e| error(e, true))?;
+        }
+        Ok(())
+    }
+
+    /// The leader as any member reports it, named by its member name.
+    pub async fn leader(&self) -> Result<Leader, OpError> {
+        let mut last = None;
+        for member in &self.members {
+            let mut m = member.clone();
+            let leader_id = match m.status().await {
+                Ok(s) if s.leader() != 0 => s.leader(),
+                Ok(_) => continue,
+                Err(e) => {
+                    last = Some(error(e, false));
+                    continue;
+                }
+            };
+            let list = match m.member_list().await {
+                Ok(l) => l,
+                Err(e) => {
+                    last = Some(error(e, false));
+                    continue;
+                }
+            };
+            if let Some(leader) = list.members().iter().find(|x| x.id() == leader_id) {
+                let url = leader.client_urls().first().cloned().unwrap_or_default();
+                return Ok(Leader {
+                    name: leader.name().to_string(),
+                    addr: url.trim_start_matches("http://").to_string(),
+                });
+            }
+        }
+        Err(last.unwrap_or(OpError {
+            kind: "unavailable".into(),
+            indeterminate: false,
+            message: "no etcd member reports a leader".into(),
+        }))
+    }
+
+    pub async fn max_term(&self) -> Result<u64, OpError> {
+        let mut best = None;
+        for member in &self.members {
+            if let Ok(s) = member.clone().status().await {
+                best = best.max(Some(s.raft_term()));
+            }
+        }
+        best.ok_or_else(|| OpError {
+            kind: "unavailable".into(),
+            indeterminate: false,
+            message: "no etcd member answered a status call".into(),
+        })
+    }
+}
