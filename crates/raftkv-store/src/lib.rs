@@ -19,6 +19,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod durable;
 mod error;
 pub mod log_store;
 pub mod recovery;
@@ -34,6 +35,7 @@ pub use log_store::LogStore;
 pub use state_machine::{prefix_end, RangeQuery, RangeResult, StateMachineStore, StateReader};
 pub use types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 
+use crate::durable::DurableDb;
 use crate::snapshot::SnapshotFiles;
 
 /// Receives storage timings, so the node can export them as metrics without the store knowing
@@ -77,7 +79,7 @@ pub struct Store {
 /// What the node keeps of the store after handing the rest to openraft. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreHandle {
-    db: sled::Db,
+    db: DurableDb,
     dir: PathBuf,
     log: LogStore,
     snapshots: SnapshotFiles,
@@ -124,6 +126,7 @@ pub fn open_observed(
         .cache_capacity(config.cache_capacity_bytes)
         .mode(sled::Mode::HighThroughput)
         .open()?;
+    let db = DurableDb::new(db, &dir.join("db")).map_err(|e| StoreError::io(&dir.join("db"), e))?;
     let log_store = LogStore::open(&db, observer.clone())?;
     let snapshots = SnapshotFiles::new(dir.join("snapshot"))?;
     let state_machine = StateMachineStore::open(&db, snapshots.clone(), observer)?;
@@ -152,7 +155,7 @@ impl StoreHandle {
 
     /// Bytes on disk: the database plus the snapshot file.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0) + self.snapshots.size_on_disk()
+        self.db.db().size_on_disk().unwrap_or(0) + self.snapshots.size_on_disk()
     }
 
     /// Summarizes what the store holds.

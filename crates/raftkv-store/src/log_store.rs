@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::codec;
+use crate::durable::DurableDb;
 use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 use crate::StoreObserver;
 
@@ -38,7 +39,7 @@ pub(crate) const META_TREE: &str = "raft_meta";
 /// The Raft log and vote of one node. Cheap to clone: all clones share one sled database.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    db: DurableDb,
     log: sled::Tree,
     meta: sled::Tree,
     observer: Arc<dyn StoreObserver>,
@@ -74,7 +75,7 @@ impl Drop for CommitterThread {
 }
 
 impl GroupCommitter {
-    fn start(db: sled::Db, observer: Arc<dyn StoreObserver>) -> std::io::Result<Self> {
+    fn start(db: DurableDb, observer: Arc<dyn StoreObserver>) -> std::io::Result<Self> {
         let (queue, waiting) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
         let thread = std::thread::Builder::new()
             .name("raftkv-log-flush".into())
@@ -83,11 +84,7 @@ impl GroupCommitter {
                     let mut batch = vec![first];
                     batch.extend(waiting.try_iter());
                     let started = Instant::now();
-                    let result: Result<(), sled::Error> = if std::env::var_os("DIAG_NOFSYNC").is_some() {
-                        Ok(())
-                    } else {
-                        db.flush().map(|_| ())
-                    };
+                    let result = db.flush();
                     observer.fsync(started.elapsed());
                     observer.log_flush_batch(batch.len());
                     for callback in batch {
@@ -134,11 +131,11 @@ fn write_logs_err<E: std::error::Error + 'static>(e: &E) -> StorageError {
 }
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db, observer: Arc<dyn StoreObserver>) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &DurableDb, observer: Arc<dyn StoreObserver>) -> Result<Self, sled::Error> {
         Ok(Self {
             db: db.clone(),
-            log: db.open_tree(LOG_TREE)?,
-            meta: db.open_tree(META_TREE)?,
+            log: db.db().open_tree(LOG_TREE)?,
+            meta: db.db().open_tree(META_TREE)?,
             committer: GroupCommitter::start(db.clone(), observer.clone())?,
             observer,
         })

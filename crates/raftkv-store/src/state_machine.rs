@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::command::{Command, Compare, CompareTarget, KeyValue, Request, Response, TxnOp, TxnOpResult};
+use crate::durable::DurableDb;
 use crate::error::StoreError;
 use crate::sessions::{session_key, Admission, SessionRecord, SESSION_GC_INTERVAL_MS, SESSION_PREFIX};
 use crate::snapshot::{Record, SnapshotFiles, SnapshotPayload};
@@ -141,7 +142,7 @@ struct StateTree {
 }
 
 struct Shared {
-    db: sled::Db,
+    db: DurableDb,
     control: sled::Tree,
     state: RwLock<StateTree>,
     applied_index: AtomicU64,
@@ -283,10 +284,11 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     pub(crate) fn open(
-        db: &sled::Db,
+        durable: &DurableDb,
         snapshots: SnapshotFiles,
         observer: Arc<dyn StoreObserver>,
     ) -> Result<Self, StoreError> {
+        let db = durable.db();
         let control = db.open_tree(CONTROL_TREE)?;
         let generation = match control.get(KEY_GENERATION)? {
             None => 0,
@@ -314,7 +316,7 @@ impl StateMachineStore {
         let cluster_id: u64 = read_record(&tree, KEY_CLUSTER_ID)?.unwrap_or(0);
         Ok(Self {
             shared: Arc::new(Shared {
-                db: db.clone(),
+                db: durable.clone(),
                 control,
                 state: RwLock::new(StateTree { generation, tree }),
                 applied_index: AtomicU64::new(applied.map_or(0, |l| l.index)),
@@ -839,7 +841,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
 
         // 2. The new state, in a fresh tree.
-        let db = &self.shared.db;
+        let durable = &self.shared.db;
+        let db = durable.db();
         let old_generation = self.shared.state().generation;
         let new_generation = old_generation + 1;
         let new_name = state_tree_name(new_generation);
@@ -861,14 +864,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             codec::encode(&meta.last_membership).map_err(encode_err)?,
         );
         tree.apply_batch(batch).map_err(w)?;
-        db.flush_async().await.map_err(w)?;
+        durable.flush_async().await.map_err(w)?;
 
         // 3. Flip the live generation (one insert), durably.
         self.shared
             .control
             .insert(KEY_GENERATION, &new_generation.to_be_bytes())
             .map_err(w)?;
-        db.flush_async().await.map_err(w)?;
+        durable.flush_async().await.map_err(w)?;
         let build_in_progress = {
             let mut view = self.shared.snapshot_view.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(v) = view.as_mut() {
