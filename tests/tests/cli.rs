@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use raftkv_tests::process::ProcessCluster;
-use raftkv_tests::{free_port, workspace_binary};
+use raftkv_tests::workspace_binary;
 
 struct Out {
     code: i32,
@@ -160,7 +160,9 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
 
 #[test]
 fn an_unreachable_cluster_exits_3() {
-    let nowhere = format!("127.0.0.1:{}", free_port());
+    // Port 1: nothing listens there, and no other test's node can take it (a "free" port from
+    // the ephemeral range could be bound by a parallel test in the meantime).
+    let nowhere = "127.0.0.1:1".to_string();
     let out = raftkv(&nowhere, &["--timeout", "500ms", "put", "k", "v"]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(out.stderr.contains("unavailable"), "{}", out.stderr);

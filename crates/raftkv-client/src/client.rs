@@ -324,14 +324,23 @@ impl Client {
         }
     }
 
-    /// The leader at `addr` stopped answering: forget it, and distrust hints naming it for a
-    /// while.
+    /// The leader at `addr` refused a connection (its process is gone): forget it, and
+    /// distrust hints naming it for a while. A reply lost mid-call is not enough: the node may
+    /// well be alive.
     fn leader_lost(&self, addr: &str) {
         let was_leader = self.known_leader().as_deref() == Some(addr);
         self.forget_leader(addr);
         if was_leader {
             *self.inner.lost_leader.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some((addr.to_string(), Instant::now()));
+        }
+    }
+
+    /// Whether a leader recently stopped answering (so an election is probably under way).
+    fn failover_in_progress(&self) -> bool {
+        match &*self.inner.lost_leader.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((_, at)) => at.elapsed() < LOST_LEADER_MEMORY,
+            None => false,
         }
     }
 
@@ -503,9 +512,6 @@ impl Client {
                 Failure::Final(e) => return Err(e),
                 Failure::Unknown(msg) => {
                     last_error = format!("{addr}: {msg}");
-                    if transport_failure {
-                        self.leader_lost(&addr);
-                    }
                     self.forget_leader(&addr);
                     if kind == CallKind::Write {
                         outcome_unknown = true;
@@ -533,11 +539,10 @@ impl Client {
                 }
                 Failure::NotStarted(msg) => {
                     last_error = format!("{addr}: {msg}");
-                    if kind == CallKind::Write && transport_failure {
-                        // The leader is gone (connection refused): poll for its successor.
+                    if kind == CallKind::Write && transport_failure && self.known_leader().as_deref() == Some(&addr) {
+                        // The leader is gone (connection refused): the next attempt polls for
+                        // its successor.
                         self.leader_lost(&addr);
-                    } else if kind == CallKind::Write && self.known_leader().is_none() {
-                        // No leader anywhere yet: the next attempt polls for one.
                     } else {
                         self.forget_leader(&addr);
                         self.pause(&mut backoff, deadline).await;
@@ -552,9 +557,9 @@ impl Client {
         tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
     }
 
-    /// Finds the leader, polling every [`LEADER_POLL_INTERVAL`] (up to [`LEADER_POLL_LIMIT`] or
-    /// `deadline`) while no node names a live one. One call polls at a time; the others wait
-    /// and take its answer.
+    /// Finds the leader. Right after the leader refused a connection, polls every
+    /// [`LEADER_POLL_INTERVAL`] (up to [`LEADER_POLL_LIMIT`] or `deadline`) while no node names a
+    /// live one. One call polls at a time; the others wait and take its answer.
     async fn await_leader(&self, deadline: Instant) -> Option<String> {
         let _polling = self.inner.discovery.lock().await;
         if let Some(leader) = self.known_leader() {
@@ -565,7 +570,9 @@ impl Client {
             if let Some(leader) = self.discover_leader(deadline).await {
                 return Some(leader);
             }
-            if Instant::now() + LEADER_POLL_INTERVAL >= until {
+            // Poll only while a failover is known to be under way; otherwise one look is all
+            // (the caller's backoff paces further tries).
+            if !self.failover_in_progress() || Instant::now() + LEADER_POLL_INTERVAL >= until {
                 return None;
             }
             tokio::time::sleep(LEADER_POLL_INTERVAL).await;

@@ -33,6 +33,8 @@ struct FakeNode {
     /// (client id, seq, acked below) of every write attempt received.
     writes: Arc<Mutex<Vec<(u64, u64, u64)>>>,
     reads: Arc<Mutex<u64>>,
+    /// What Status reports, when a test scripts it: (leader address, whether this node is it).
+    status_claim: Arc<Mutex<Option<(String, bool)>>>,
 }
 
 fn number(md: &tonic::metadata::MetadataMap, key: &str) -> u64 {
@@ -161,10 +163,20 @@ impl Cluster for FakeNode {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         self.hang_if_asked().await;
-        Ok(Response::new(StatusResponse {
-            id: self.id,
-            role: if self.id == 1 { Role::Leader } else { Role::Follower } as i32,
-            ..Default::default()
+        let claim = self.status_claim.lock().unwrap().clone();
+        Ok(Response::new(match claim {
+            Some((leader_addr, is_leader)) => StatusResponse {
+                id: self.id,
+                role: if is_leader { Role::Leader } else { Role::Follower } as i32,
+                leader_addr,
+                term: 2,
+                ..Default::default()
+            },
+            None => StatusResponse {
+                id: self.id,
+                role: if self.id == 1 { Role::Leader } else { Role::Follower } as i32,
+                ..Default::default()
+            },
         }))
     }
 }
@@ -176,6 +188,7 @@ async fn fake(id: u64, behavior: Behavior) -> (FakeNode, String) {
         behavior: Arc::new(Mutex::new(behavior)),
         writes: Arc::default(),
         reads: Arc::default(),
+        status_claim: Arc::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -343,4 +356,41 @@ async fn an_exhausted_write_is_indeterminate_not_failed_once_its_outcome_was_unk
         matches!(err, ClientError::Unavailable(_)),
         "never sent, so certainly not applied: {err}"
     );
+}
+
+/// The leader's process is gone (connection refused) while the other nodes still name it (their
+/// leader lease has not run out): the client does not keep knocking on the dead node, it polls
+/// the others until one of them is the new leader, and the write lands there once.
+#[tokio::test]
+async fn after_the_leader_dies_the_client_waits_for_its_successor_instead_of_retrying_it() {
+    let dead_leader = dead_addr();
+    let (b, b_addr) = fake(2, Behavior::Serve).await;
+    let (c, c_addr) = fake(3, Behavior::Serve).await;
+    for node in [&b, &c] {
+        *node.status_claim.lock().unwrap() = Some((dead_leader.clone(), false));
+    }
+    let mut config = quick_config(&format!("{dead_leader},{b_addr},{c_addr}"));
+    config.breaker = BreakerConfig::default();
+    let client = Client::new(config).unwrap();
+
+    // The election ends a little later: b becomes the leader and says so.
+    let elect = {
+        let (b_claim, c_claim, b_addr) = (b.status_claim.clone(), c.status_claim.clone(), b_addr.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            *b_claim.lock().unwrap() = Some((b_addr.clone(), true));
+            *c_claim.lock().unwrap() = Some((b_addr, false));
+        })
+    };
+    client.put("k", "v").await.expect("the write lands on the new leader");
+    elect.await.unwrap();
+
+    let dead = client.endpoints().into_iter().find(|e| e.addr == dead_leader).unwrap();
+    assert_eq!(
+        dead.failures, 1,
+        "the dead leader was tried once, not once per backoff step: {dead:?}"
+    );
+    assert_eq!(b.writes.lock().unwrap().len(), 1, "one attempt, on the new leader");
+    assert!(c.writes.lock().unwrap().is_empty());
+    assert_eq!(client.known_leader(), Some(b_addr));
 }
