@@ -28,9 +28,10 @@ use raftkv_store::NodeId;
 
 use crate::error::ApiError;
 
-/// Proposals replicating at once. Two lets the leader's next append overlap the previous
-/// entry's replication and apply, while leaving most concurrent writes to share an entry.
-pub const MAX_IN_FLIGHT: usize = 2;
+/// Proposals replicating at once. One gives the largest batches; measured on the 2-core
+/// benchmark machine it beat two (64 clients: 7.5k vs 7.1k puts/s, p99 13 vs 15 ms), as the
+/// leader's appends are serialized in openraft 0.9 anyway.
+pub const MAX_IN_FLIGHT: usize = 1;
 /// Most writes in one entry.
 pub const MAX_BATCH_WRITES: usize = 256;
 /// Most key and value bytes in one entry (far below the 2 MiB peer message limit, so an
