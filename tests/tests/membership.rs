@@ -131,12 +131,18 @@ async fn steady_overwrites_keep_the_log_bounded() -> anyhow::Result<()> {
     .await?;
     cluster.wait_for_leader(T).await?;
     let client = cluster.client();
+    // Concurrent puts are batched into shared log entries, so the writers go on until the log
+    // (not the number of puts) is long enough: past ten snapshot intervals.
+    const LOG_TARGET: u64 = 1_000;
     let mut tasks = Vec::new();
     for t in 0..4 {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            for i in 0..300 {
-                client.put(format!("hot/{}", (t + i) % 5), format!("{i}")).await?;
+            for i in 0..20_000u64 {
+                let reply = client.put(format!("hot/{}", (t + i) % 5), format!("{i}")).await?;
+                if reply.revision >= LOG_TARGET {
+                    break;
+                }
             }
             Ok::<_, ClientError>(())
         }));
@@ -146,6 +152,7 @@ async fn steady_overwrites_keep_the_log_bounded() -> anyhow::Result<()> {
     }
     let last = client.put("hot/0", "final").await?;
     cluster.wait_applied(last.revision, T).await?;
+    assert!(last.revision > LOG_TARGET, "the log reached {}", last.revision);
     for id in cluster.running() {
         let node = cluster.node(id);
         wait::until(T, &format!("node {id} to purge"), || async {
