@@ -21,6 +21,7 @@ pub mod cluster_service;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod election_assist;
 pub mod error;
 pub mod health;
 pub mod identity;

@@ -21,6 +21,7 @@ use tonic::transport::Server;
 use crate::cluster_service::ClusterService;
 use crate::config::{NodeConfig, MAX_VALUE_BYTES};
 use crate::core::NodeCore;
+use crate::election_assist::ElectionAssist;
 use crate::health::{self, HealthState};
 use crate::identity;
 use crate::join;
@@ -152,6 +153,15 @@ impl RunningNode {
             writes: WriteBatcher::new(config.id, raft.clone(), crate::core::now_millis),
         };
 
+        let assist = ElectionAssist::new(
+            raft.clone(),
+            config.id,
+            std::time::Duration::from_millis(config.election_min_ms),
+        );
+        if summary.has_raft_state() {
+            // A restart: do not depose a healthy leader before it has had time to reach us.
+            assist.hold_elections_after_restart();
+        }
         let peer_service = PeerService::new(
             raft.clone(),
             me,
@@ -159,6 +169,7 @@ impl RunningNode {
             incarnations,
             read_path.confirm,
             removal,
+            assist,
         );
         let peer_service = RaftPeerServer::new(peer_service)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)

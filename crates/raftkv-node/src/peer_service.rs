@@ -4,20 +4,27 @@
 //! Payloads are codec envelopes of openraft's types (see raftkv-store's codec). A payload that
 //! does not decode is refused with INVALID_ARGUMENT; a sender whose data directory was wiped
 //! (its incarnation changed) is refused with FAILED_PRECONDITION.
+//!
+//! It also tells the node's [`ElectionAssist`] what it sees: AppendEntries (a leader is alive)
+//! and refused votes (a candidate with a shorter log is trying to replace a silent leader).
 
 use raftkv_proto::v1::raft_peer_server::RaftPeer;
 use raftkv_proto::v1::{
     HelloRequest, HelloResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, RemovedRequest, RemovedResponse,
 };
 use raftkv_store::types::Raft;
+use raftkv_store::NodeId;
 use raftkv_store::{codec, StoreHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::election_assist::{ElectionAssist, RefusedVote};
 use crate::membership::Removal;
 use crate::network::{IncarnationRegistry, Sender};
 use crate::read_index::ReadIndexBatcher;
+
+type VoteRequest = openraft::raft::VoteRequest<NodeId>;
 
 pub struct PeerService {
     raft: Raft,
@@ -26,6 +33,7 @@ pub struct PeerService {
     incarnations: IncarnationRegistry,
     confirm: ReadIndexBatcher,
     removal: Removal,
+    assist: ElectionAssist,
 }
 
 impl PeerService {
@@ -36,6 +44,7 @@ impl PeerService {
         incarnations: IncarnationRegistry,
         confirm: ReadIndexBatcher,
         removal: Removal,
+        assist: ElectionAssist,
     ) -> Self {
         Self {
             raft,
@@ -44,6 +53,7 @@ impl PeerService {
             incarnations,
             confirm,
             removal,
+            assist,
         }
     }
 
@@ -71,13 +81,25 @@ impl PeerService {
 impl RaftPeer for PeerService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc = self.admit(request)?;
+        self.assist.heard_from_leader();
         let result = self.raft.append_entries(rpc).await;
         self.reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = self.admit(request)?;
+        let rpc: VoteRequest = self.admit(request)?;
+        let (candidate_vote, candidate_last_log) = (rpc.vote, rpc.last_log_id);
         let result = self.raft.vote(rpc).await;
+        if let Ok(resp) = &result {
+            if !resp.vote_granted {
+                self.assist.after_refusal(RefusedVote {
+                    candidate: candidate_vote.leader_id().voted_for().unwrap_or_default(),
+                    candidate_term: candidate_vote.leader_id().term,
+                    candidate_last_log,
+                    my_last_log: resp.last_log_id,
+                });
+            }
+        }
         self.reply(&result)
     }
 

@@ -1,0 +1,189 @@
+//! `ElectionAssist`: when the leader is gone and a candidate with a shorter log asks this node
+//! for its vote, this node campaigns itself at once instead of waiting for its own timer.
+//!
+//! Under a steady write load the two followers of a dead leader rarely hold the same log: one
+//! got the last AppendEntries, the other did not. If the one with the shorter log times out
+//! first, it campaigns at term T+1 and is refused (Raft's up-to-date rule), and openraft 0.9
+//! refuses without adopting T+1. The better-placed node then campaigns on its own timer, at
+//! T+1 too, and is refused by the first, which has voted for itself in T+1. Only a third
+//! round elects it: measured, that turned a ~220 ms failover into 400–800 ms.
+//!
+//! The assist shortens that path. When this node refuses a vote because its log is longer,
+//! and it has not heard an AppendEntries for at least `silence` (so the leader is gone for it
+//! too — a node still hearing a live leader never assists), it triggers elections until its
+//! term passes the candidate's: one at T+1, which the candidate refuses, then one at T+2, which
+//! the candidate grants. Elections are always safe in Raft; the guard only avoids disturbing a
+//! live leader. It assists at most once per candidate term.
+//!
+//! It also keeps a **restarted** node from deposing a healthy leader. openraft 0.9 has no
+//! pre-vote, and a leader retries a peer that was unreachable only every 500 ms, so a node
+//! that comes back often times out before the leader reaches it and campaigns with a higher
+//! term, forcing an election on a cluster that was fine. After a restart the node therefore
+//! holds its elections until it hears from a leader or [`RESTART_GRACE`] passes (a whole
+//! cluster restarting elects a leader that much later).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftkv_store::types::Raft;
+use raftkv_store::{LogId, NodeId};
+
+/// How long a restarted node waits to hear from a leader before it may campaign: two of
+/// openraft 0.9's retry intervals for an unreachable peer (500 ms).
+pub const RESTART_GRACE: Duration = Duration::from_millis(1000);
+
+/// Remembers when this node last heard from a leader and whom it assisted against.
+#[derive(Clone)]
+pub struct ElectionAssist {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft,
+    id: NodeId,
+    silence: Duration,
+    last_append: Mutex<Option<Instant>>,
+    assisted_term: AtomicU64,
+}
+
+/// What a refused vote request looked like.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedVote {
+    pub candidate: NodeId,
+    pub candidate_term: u64,
+    pub candidate_last_log: Option<LogId>,
+    pub my_last_log: Option<LogId>,
+}
+
+impl ElectionAssist {
+    /// `silence`: how long without AppendEntries before this node believes the leader gone
+    /// (the election-min timeout is a good value: the candidate waited longer than that).
+    pub fn new(raft: Raft, id: NodeId, silence: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                raft,
+                id,
+                silence,
+                last_append: Mutex::new(None),
+                assisted_term: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// An AppendEntries (or heartbeat) arrived from a leader.
+    pub fn heard_from_leader(&self) {
+        *self.inner.last_append.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether to campaign after refusing `vote` (see [`should_assist`]).
+    pub fn should_assist(&self, vote: &RefusedVote) -> bool {
+        let last_append = *self.inner.last_append.lock().unwrap_or_else(|e| e.into_inner());
+        should_assist(vote, last_append, self.inner.silence, &self.inner.assisted_term)
+    }
+
+    /// After a restart: no elections until a leader is heard from or [`RESTART_GRACE`] passes.
+    pub fn hold_elections_after_restart(&self) {
+        let inner = self.inner.clone();
+        inner.raft.runtime_config().elect(false);
+        tokio::spawn(async move {
+            let until = Instant::now() + RESTART_GRACE;
+            loop {
+                let heard = inner.last_append.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+                if heard || Instant::now() >= until {
+                    tracing::info!(
+                        node = inner.id,
+                        heard_from_leader = heard,
+                        "restart grace over: elections enabled"
+                    );
+                    inner.raft.runtime_config().elect(true);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+
+    /// Called after this node refused `vote`; campaigns when [`should_assist`](Self::should_assist).
+    pub fn after_refusal(&self, vote: RefusedVote) {
+        if !self.should_assist(&vote) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let my_term = inner.raft.metrics().borrow().vote.leader_id().term;
+            // Each election raises the term by one; end strictly above the candidate's.
+            let rounds = (vote.candidate_term + 1).saturating_sub(my_term).clamp(1, 3);
+            tracing::info!(
+                node = inner.id,
+                candidate = vote.candidate,
+                candidate_term = vote.candidate_term,
+                "the leader is silent and a candidate with a shorter log asked for a vote: campaigning now"
+            );
+            for _ in 0..rounds {
+                if let Err(e) = inner.raft.trigger().elect().await {
+                    tracing::warn!(error = %e, "could not start an election");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The decision: only for a refusal on log length, only when no AppendEntries arrived for
+/// `silence`, and once per candidate term (`assisted_term` remembers the highest).
+pub fn should_assist(
+    vote: &RefusedVote,
+    last_append: Option<Instant>,
+    silence: Duration,
+    assisted_term: &AtomicU64,
+) -> bool {
+    let leader_silent = last_append.is_none_or(|at| at.elapsed() >= silence);
+    vote.my_last_log > vote.candidate_last_log
+        && leader_silent
+        && assisted_term.fetch_max(vote.candidate_term, Ordering::SeqCst) < vote.candidate_term
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn log(index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    fn refused(candidate_term: u64, candidate_last: u64, mine: u64) -> RefusedVote {
+        RefusedVote {
+            candidate: 2,
+            candidate_term,
+            candidate_last_log: log(candidate_last),
+            my_last_log: log(mine),
+        }
+    }
+
+    const SILENCE: Duration = Duration::from_millis(70);
+
+    #[test]
+    fn assists_a_shorter_log_once_per_term_when_the_leader_is_silent() {
+        let assisted = AtomicU64::new(0);
+        let decide = |v: RefusedVote| should_assist(&v, None, SILENCE, &assisted);
+        assert!(decide(refused(5, 10, 12)));
+        assert!(!decide(refused(5, 10, 12)), "once per candidate term");
+        assert!(decide(refused(6, 10, 12)), "a later term is a new election");
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(1));
+        assert!(should_assist(&refused(7, 10, 12), long_ago, SILENCE, &assisted));
+    }
+
+    #[test]
+    fn never_assists_while_a_leader_is_heard_or_when_the_candidate_is_as_up_to_date() {
+        let fresh = || AtomicU64::new(0);
+        let just_now = Some(Instant::now());
+        assert!(!should_assist(&refused(5, 10, 12), just_now, SILENCE, &fresh()));
+        assert!(
+            !should_assist(&refused(5, 12, 12), None, SILENCE, &fresh()),
+            "equal logs: not our place"
+        );
+        assert!(!should_assist(&refused(5, 13, 12), None, SILENCE, &fresh()));
+    }
+}
