@@ -52,20 +52,44 @@ async fn run_hook(template: &str, id: &str) -> Result<(), OpError> {
     Ok(())
 }
 
-async fn current_leader(driver: &Driver, deadline: Duration) -> Result<Leader, OpError> {
-    let until = Instant::now() + deadline;
+/// Calls `op` every `pause` until it succeeds or `within` has passed; the last error then says
+/// `what` could not be done.
+async fn retrying<T, F, Fut>(within: Duration, pause: Duration, what: &str, mut op: F) -> Result<T, OpError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OpError>>,
+{
+    let until = Instant::now() + within;
     loop {
-        match driver.leader().await {
-            Ok(leader) => return Ok(leader),
+        match op().await {
+            Ok(v) => return Ok(v),
             Err(e) if Instant::now() >= until => {
                 return Err(OpError {
-                    message: format!("no leader within {deadline:?}: {}", e.message),
+                    message: format!("{what} (tried for {within:?}): {}", e.message),
                     ..e
                 })
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => tokio::time::sleep(pause).await,
         }
     }
+}
+
+async fn current_leader(driver: &Driver, within: Duration) -> Result<Leader, OpError> {
+    retrying(within, Duration::from_millis(50), "no leader", || driver.leader()).await
+}
+
+/// The wall-clock time of day, `HH:MM:SS.mmm` in UTC, to line rounds up with the nodes' logs.
+fn utc_time_of_day() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() % 86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 fn count(errors: &Mutex<BTreeMap<String, u64>>, kind: String) {
@@ -185,6 +209,7 @@ async fn measure(args: &BenchArgs, driver: &Driver) -> Result<FailoverReport, Op
         for round in 1..=args.kills {
             let leader = current_leader(driver, Duration::from_secs(10)).await?;
             first_ack.store(u64::MAX, Ordering::SeqCst);
+            let kill_started = utc_time_of_day();
             run_hook(&args.kill_cmd, &leader.name).await?;
             let kill_done = origin.elapsed().as_nanos() as u64;
             killed_at.store(kill_done, Ordering::SeqCst);
@@ -209,7 +234,7 @@ async fn measure(args: &BenchArgs, driver: &Driver) -> Result<FailoverReport, Op
             killed_at.store(u64::MAX, Ordering::SeqCst);
             let window_ms = resumed.saturating_sub(kill_done) as f64 / 1e6;
             eprintln!(
-                "round {round}: killed leader {}; writes resumed after {window_ms:.0} ms",
+                "round {round}: killed leader {} at {kill_started} UTC; writes resumed after {window_ms:.0} ms",
                 leader.name
             );
             report.windows_ms.push(window_ms);
@@ -241,19 +266,11 @@ async fn measure(args: &BenchArgs, driver: &Driver) -> Result<FailoverReport, Op
 /// A linearizable read of `key`, retried for a while: the cluster may still be settling after
 /// the last restart.
 async fn read_back(driver: &Driver, key: &[u8]) -> Result<Option<Vec<u8>>, OpError> {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        match driver.get(0, key, true).await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= until => {
-                return Err(OpError {
-                    message: format!("cannot read back an acknowledged key to check it: {}", e.message),
-                    ..e
-                })
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    let what = "cannot read back an acknowledged key to check it";
+    retrying(Duration::from_secs(30), Duration::from_millis(100), what, || {
+        driver.get(0, key, true)
+    })
+    .await
 }
 
 impl FailoverReport {
