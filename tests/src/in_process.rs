@@ -57,6 +57,7 @@ impl InProcessCluster {
                 addr.peer_addr.parse()?,
             );
             config.initial_cluster = Some(initial.clone());
+            crate::harness_timings(&mut config);
             tune(&mut config);
             cluster.configs.insert(id, config);
         }
@@ -138,6 +139,7 @@ impl InProcessCluster {
             client.local_addr()?,
             peer.local_addr()?,
         );
+        crate::harness_timings(&mut config);
         tune(&mut config);
         let addr = config.advertised();
         let node = RunningNode::start_with_listeners(config.clone(), client, peer).await?;

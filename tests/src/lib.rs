@@ -18,6 +18,27 @@ pub mod wait;
 
 use std::path::PathBuf;
 
+/// Raft timings the harnesses give their nodes: 50 ms heartbeats and 150–300 ms election
+/// timeouts, where the product defaults are 30 and 70–100 ms. A CI machine runs several
+/// clusters at once on two cores in debug builds; with the tighter defaults a starved follower
+/// calls spurious elections and a test about something else fails. Failover speed is measured
+/// by benchmarks (`raftkv bench failover`), never by tests.
+pub const HARNESS_TIMING_FLAGS: [&str; 6] = [
+    "--heartbeat-ms",
+    "50",
+    "--election-min-ms",
+    "150",
+    "--election-max-ms",
+    "300",
+];
+
+/// [`HARNESS_TIMING_FLAGS`] applied to an in-process node's configuration.
+pub fn harness_timings(config: &mut raftkv_node::NodeConfig) {
+    config.heartbeat_ms = 50;
+    config.election_min_ms = 150;
+    config.election_max_ms = 300;
+}
+
 /// Installs a test-friendly tracing subscriber once (output captured by the test runner).
 /// `RUST_LOG` picks the level; the default is `warn`.
 pub fn init_tracing() {

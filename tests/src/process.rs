@@ -57,8 +57,18 @@ impl ProcessCluster {
             dir: TempDir::new()?,
             bin,
             nodes: BTreeMap::new(),
-            extra_flags: flags.iter().map(|s| s.to_string()).collect(),
+            extra_flags: Vec::new(),
         };
+        // The harness's timings, unless the caller sets its own.
+        if !flags
+            .iter()
+            .any(|f| f.starts_with("--heartbeat-ms") || f.starts_with("--election-"))
+        {
+            cluster
+                .extra_flags
+                .extend(crate::HARNESS_TIMING_FLAGS.iter().map(|s| s.to_string()));
+        }
+        cluster.extra_flags.extend(flags.iter().map(|s| s.to_string()));
         for id in 1..=n {
             cluster.nodes.insert(
                 id,

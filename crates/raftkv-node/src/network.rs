@@ -314,7 +314,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
-        self.call(RPCTypes::Vote, &rpc, None, &option).await
+        let candidate_last_log = rpc.last_log_id;
+        let resp: VoteResponse<NodeId> = self.call(RPCTypes::Vote, &rpc, None, &option).await?;
+        Ok(crate::election_assist::without_greater_log_hint(
+            resp,
+            candidate_last_log,
+        ))
     }
 }
 
