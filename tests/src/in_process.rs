@@ -84,8 +84,15 @@ impl InProcessCluster {
 
     /// A client knowing every node of the cluster.
     pub fn client(&self) -> Client {
+        self.client_with(|_| {})
+    }
+
+    /// A client knowing every node of the cluster, with `tweak` applied to its configuration.
+    pub fn client_with(&self, tweak: impl FnOnce(&mut ClientConfig)) -> Client {
         let endpoints: Vec<String> = self.configs.keys().map(|id| self.client_addr(*id)).collect();
-        Client::new(ClientConfig::new(endpoints)).expect("valid client config")
+        let mut config = ClientConfig::new(endpoints);
+        tweak(&mut config);
+        Client::new(config).expect("valid client config")
     }
 
     /// Waits until every running node agrees on one leader, which is among them, and returns it.

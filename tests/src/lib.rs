@@ -13,6 +13,7 @@ pub mod chaos;
 pub mod in_process;
 pub mod linearizability;
 pub mod process;
+pub mod prometheus;
 pub mod script;
 pub mod wait;
 

@@ -32,6 +32,8 @@ pub struct ProcessCluster {
     bin: PathBuf,
     nodes: BTreeMap<NodeId, ProcNode>,
     extra_flags: Vec<String>,
+    /// The token the harness's own clients send (for nodes started with `--auth-file`).
+    pub token: Option<String>,
 }
 
 impl ProcessCluster {
@@ -58,6 +60,7 @@ impl ProcessCluster {
             bin,
             nodes: BTreeMap::new(),
             extra_flags: Vec::new(),
+            token: None,
         };
         // The harness's timings, unless the caller sets its own.
         if !flags
@@ -248,6 +251,7 @@ impl ProcessCluster {
     pub fn client_for(&self, ids: &[NodeId], timeout: Duration) -> Client {
         let mut config = ClientConfig::new(ids.iter().map(|id| self.client_addr(*id)));
         config.timeout = timeout;
+        config.token = self.token.clone().map(raftkv_client::Token::new);
         Client::new(config).expect("valid client config")
     }
 

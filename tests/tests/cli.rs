@@ -1,5 +1,6 @@
 //! The `raftkv` command line against real `raftkvd` processes: output and exit codes as the
-//! README documents them (0 ok, 1 not found, 2 usage, 3 unavailable/indeterminate).
+//! README documents them (0 ok, 1 not found, 2 usage, 3 unavailable/indeterminate, 5 token
+//! refused).
 
 use std::process::Command;
 use std::time::Duration;
@@ -14,7 +15,13 @@ struct Out {
 }
 
 fn raftkv(endpoints: &str, args: &[&str]) -> Out {
+    raftkv_with_env(endpoints, args, &[])
+}
+
+fn raftkv_with_env(endpoints: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
     let out = Command::new(workspace_binary("raftkv"))
+        .env_remove("RAFTKV_TOKEN")
+        .envs(env.iter().copied())
         .arg("--endpoints")
         .arg(endpoints)
         .args(args)
@@ -205,5 +212,42 @@ async fn bench_reports_throughput_and_latency_as_json() -> anyhow::Result<()> {
         assert!(v["latency_ms"]["p50"].as_f64().unwrap() <= v["latency_ms"]["p99"].as_f64().unwrap());
         assert_eq!(v["errors"], serde_json::json!({}), "{workload}: {v}");
     }
+    Ok(())
+}
+
+/// - Against nodes started with `--auth-file`, the CLI without a token exits 5 and says how to
+///   pass one; `RAFTKV_TOKEN` (or `--token`) makes it work; a read-only token cannot write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_tokens_refuses_the_cli_without_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "app readwrite app-token-0123456789\nviewer read view-token-0123456789\n",
+    )?;
+    let tokens = tokens.display().to_string();
+    let mut cluster = ProcessCluster::prepare(3, &["--auth-file", &tokens], workspace_binary("raftkvd"))?;
+    cluster.token = Some("view-token-0123456789".into());
+    for id in 1..=3 {
+        cluster.start_node(id)?;
+    }
+    cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await?;
+    let ep = [1, 2, 3].map(|id| cluster.client_addr(id)).join(",");
+
+    let anonymous = raftkv(&ep, &["put", "k", "v"]);
+    assert_eq!(anonymous.code, 5, "{}", anonymous.stderr);
+    assert!(anonymous.stderr.contains("RAFTKV_TOKEN"), "{}", anonymous.stderr);
+
+    let put = raftkv_with_env(&ep, &["put", "k", "v"], &[("RAFTKV_TOKEN", "app-token-0123456789")]);
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    let get = raftkv(&ep, &["--token", "view-token-0123456789", "get", "k"]);
+    assert_eq!((get.code, get.stdout.as_str()), (0, "v\n"), "{}", get.stderr);
+    let denied = raftkv(&ep, &["--token", "view-token-0123456789", "put", "k", "w"]);
+    assert_eq!(denied.code, 5, "{}", denied.stderr);
+    assert!(
+        denied.stderr.contains("viewer has role read; Put needs role readwrite"),
+        "{}",
+        denied.stderr
+    );
     Ok(())
 }

@@ -23,6 +23,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "RAFTKV_RETRIES", default_value_t = 10)]
     pub retries: u32,
 
+    /// Access token for clusters started with `--auth-file` (sent as `authorization: Bearer
+    /// TOKEN`). Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, global = true, env = "RAFTKV_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// When a linearizable read cannot get an answer from a quorum in time, print a stale read
     /// instead of failing (a warning on stderr says so; `-o json` has "degraded": true).
     #[arg(long, global = true, env = "RAFTKV_ALLOW_DEGRADED")]

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use raftkv_client::pb::{txn_op_response, DeleteRequest, PutRequest, RangeRequest, TxnRequest, TxnResponse};
-use raftkv_client::{Client, ClientConfig, ClientError, ReadOptions};
+use raftkv_client::{Client, ClientConfig, ClientError, ReadOptions, Token};
 
 use crate::args::{Cli, ClusterCommand, Command, OutputFormat};
 
@@ -34,6 +34,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 /// Exit code: any other server error.
 pub const EXIT_SERVER_ERROR: u8 = 4;
+/// Exit code: the cluster refused the token (missing, unknown, or without the role needed).
+pub const EXIT_DENIED: u8 = 5;
 
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn exit_code_for(e: &ClientError) -> u8 {
         ClientError::InvalidArgument(_) | ClientError::Config(_) => EXIT_USAGE,
         ClientError::Unavailable(_) | ClientError::Indeterminate(_) => EXIT_UNAVAILABLE,
         ClientError::Server { .. } => EXIT_SERVER_ERROR,
+        ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_) => EXIT_DENIED,
     }
 }
 
@@ -68,6 +71,7 @@ fn bench_fail(e: bench::driver::OpError) -> u8 {
     eprintln!("raftkv bench: {e}");
     match e.kind.as_str() {
         "config" | "invalid_argument" => EXIT_USAGE,
+        "unauthenticated" | "permission_denied" => EXIT_DENIED,
         "unavailable" | "indeterminate" | "deadline_exceeded" | "transport" => EXIT_UNAVAILABLE,
         _ => EXIT_SERVER_ERROR,
     }
@@ -115,6 +119,11 @@ pub async fn run(cli: Cli) -> u8 {
     };
     config.timeout = cli.timeout.0;
     config.retry.max_attempts = cli.retries;
+    config.token = cli.token.clone().map(Token::new);
+    let bench_client = bench::driver::ClientSettings {
+        timeout: cli.timeout.0,
+        token: config.token.clone(),
+    };
     let client = match Client::new(config) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -246,13 +255,13 @@ pub async fn run(cli: Cli) -> u8 {
             }
         }
         Command::Bench(args) if args.workload == bench::Workload::Failover => {
-            match bench::failover::run(&args, &cli.endpoints, cli.timeout.0).await {
+            match bench::failover::run(&args, &cli.endpoints, &bench_client).await {
                 Ok(report) if json => print(&report.json()),
                 Ok(report) => print(&report.text()),
                 Err(e) => bench_fail(e),
             }
         }
-        Command::Bench(args) => match bench::run(&args, &cli.endpoints, cli.timeout.0).await {
+        Command::Bench(args) => match bench::run(&args, &cli.endpoints, &bench_client).await {
             Ok(report) if json => print(&report.json()),
             Ok(report) => print(&report.text()),
             Err(e) => bench_fail(e),

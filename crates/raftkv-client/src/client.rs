@@ -176,6 +176,8 @@ fn classify(status: &Status) -> (Failure, bool) {
             (Failure::NotStarted(message), false)
         }
         Some(error_kind::INDETERMINATE) => (Failure::Unknown(message), false),
+        // Refused before it started: back off, and try elsewhere.
+        Some(error_kind::OVERLOADED) => (Failure::NotStarted(message), false),
         _ => match status.code() {
             Code::Unavailable if is_connect_error(status) => (Failure::NotStarted(message), true),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
@@ -261,6 +263,8 @@ struct Inner {
     /// Held by the one call that is polling for a new leader; the others wait for its answer.
     discovery: tokio::sync::Mutex<()>,
     sequence: Arc<WriteSequence>,
+    /// `Bearer TOKEN`, sent with every call when the config has a token.
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// How often a client polls the endpoints' Status while it waits for a new leader.
@@ -282,6 +286,13 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
         config.validate()?;
         let client_id = config.client_id.unwrap_or_else(|| rand::random::<u64>() | 1);
+        let authorization = match &config.token {
+            Some(t) => Some(
+                MetadataValue::try_from(format!("Bearer {}", t.expose()))
+                    .map_err(|_| ClientError::Config("the token is not valid gRPC metadata".into()))?,
+            ),
+            None => None,
+        };
         let client = Self {
             inner: Arc::new(Inner {
                 endpoints: RwLock::new(Vec::new()),
@@ -290,6 +301,7 @@ impl Client {
                 lost_leader: Mutex::new(None),
                 discovery: tokio::sync::Mutex::new(()),
                 sequence: WriteSequence::new(client_id),
+                authorization,
                 config,
             }),
         };
@@ -482,7 +494,7 @@ impl Client {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt_timeout = remaining.min(config.attempt_timeout);
-            let mut request = tonic::Request::new(req.clone());
+            let mut request = self.request(req.clone());
             request.set_timeout(attempt_timeout);
             request.metadata_mut().insert(metadata::REQUEST_ID, request_id.clone());
             if let Some(t) = &ticket {
@@ -620,7 +632,7 @@ impl Client {
     /// The status of the node at `addr` (one attempt, no retries, no breaker).
     pub async fn status_of(&self, addr: &str, timeout: Duration) -> Result<StatusResponse, ClientError> {
         let channel = self.endpoint(addr)?.channel.clone();
-        let mut request = tonic::Request::new(StatusRequest {});
+        let mut request = self.request(StatusRequest {});
         request.set_timeout(timeout);
         match tokio::time::timeout(timeout, ClusterClient::new(channel).status(request)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
@@ -683,6 +695,15 @@ impl Client {
             .collect();
         reports.sort_by_key(|r| (r.id.is_none(), r.id, r.addr.clone()));
         reports
+    }
+
+    /// A request carrying this client's token, if it has one.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(auth) = &self.inner.authorization {
+            request.metadata_mut().insert(metadata::AUTHORIZATION, auth.clone());
+        }
+        request
     }
 
     /// Sets `key` to `value`.
@@ -923,7 +944,7 @@ impl Client {
     /// Builds a snapshot on the node at `addr` now.
     pub async fn snapshot_on(&self, addr: &str) -> Result<SnapshotResponse, ClientError> {
         let channel = self.endpoint(addr)?.channel.clone();
-        let mut request = tonic::Request::new(SnapshotRequest {});
+        let mut request = self.request(SnapshotRequest {});
         request.set_timeout(MEMBERSHIP_TIMEOUT);
         ClusterClient::new(channel)
             .snapshot(request)
@@ -945,7 +966,7 @@ impl Client {
             },
         };
         let channel = self.endpoint(&addr)?.channel.clone();
-        let mut request = tonic::Request::new(BackupRequest {});
+        let mut request = self.request(BackupRequest {});
         request.set_timeout(MEMBERSHIP_TIMEOUT);
         ClusterClient::new(channel)
             .max_decoding_message_size(MAX_REPLY_BYTES)

@@ -100,6 +100,30 @@ pub struct ClientConfig {
     pub exactly_once: bool,
     /// This client's id for exactly-once writes; random when `None`.
     pub client_id: Option<u64>,
+    /// Access token sent with every call (`authorization: Bearer TOKEN`), for clusters started
+    /// with `--auth-file`.
+    pub token: Option<Token>,
+}
+
+/// An access token. Its `Debug` output is redacted, so logging a config never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 impl ClientConfig {
@@ -113,6 +137,7 @@ impl ClientConfig {
             breaker: BreakerConfig::default(),
             exactly_once: true,
             client_id: None,
+            token: None,
         }
     }
 
@@ -147,6 +172,14 @@ impl ClientConfig {
         }
         if self.timeout.is_zero() || self.attempt_timeout.is_zero() {
             return Err(ClientError::Config("timeouts must be positive".into()));
+        }
+        if let Some(t) = &self.token {
+            let t = t.expose();
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ClientError::Config(
+                    "the token must be non-empty printable ASCII without spaces".into(),
+                ));
+            }
         }
         if self.retry.max_attempts == 0 {
             return Err(ClientError::Config("retry.max_attempts must be at least 1".into()));

@@ -18,6 +18,12 @@ pub enum ClientError {
     /// example the leader died, or the deadline passed, after the write was sent).
     #[error("indeterminate: the write may or may not have been applied ({0})")]
     Indeterminate(String),
+    /// The cluster requires a token and this call carried none, or one it does not know.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The call's token does not have the role this call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The client configuration is unusable (no endpoints, a malformed address...).
     #[error("client configuration: {0}")]
     Config(String),
@@ -30,6 +36,8 @@ impl ClientError {
     pub(crate) fn from_status(s: &Status) -> Self {
         match s.code() {
             Code::InvalidArgument => Self::InvalidArgument(s.message().to_string()),
+            Code::Unauthenticated => Self::Unauthenticated(s.message().to_string()),
+            Code::PermissionDenied => Self::PermissionDenied(s.message().to_string()),
             code => Self::Server {
                 code,
                 message: s.message().to_string(),

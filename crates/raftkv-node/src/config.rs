@@ -232,6 +232,20 @@ pub struct NodeConfig {
     /// separate with commas.
     #[arg(long = "peer-route", env = "RAFTKV_PEER_ROUTES", value_delimiter = ',')]
     pub peer_routes: Vec<PeerRoute>,
+
+    /// Access tokens, one per line: `NAME ROLE TOKEN` (ROLE: read, readwrite or admin). When
+    /// set, every client call must carry `authorization: Bearer TOKEN` (docs/security.md).
+    #[arg(long, env = "RAFTKV_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Client calls this node runs at once; one more is refused with RESOURCE_EXHAUSTED
+    /// (`raftkv-error: overloaded`) rather than queued.
+    #[arg(long, env = "RAFTKV_MAX_INFLIGHT_REQUESTS", default_value_t = 4096)]
+    pub max_inflight_requests: usize,
+
+    /// Concurrent calls on one client connection; one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RAFTKV_MAX_CALLS_PER_CONNECTION", default_value_t = 1024)]
+    pub max_calls_per_connection: usize,
 }
 
 /// A configuration that cannot work, and why.
@@ -257,6 +271,8 @@ pub enum ConfigError {
     ZeroRequestTimeout,
     #[error("--cache-mb must be at least 1")]
     ZeroCache,
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
     #[error("--peer-route: {0}")]
     PeerRoute(String),
     #[error("{0}")]
@@ -284,6 +300,9 @@ impl NodeConfig {
             join: Vec::new(),
             advertise_client_addr: None,
             advertise_peer_addr: None,
+            auth_file: None,
+            max_inflight_requests: 4096,
+            max_calls_per_connection: 1024,
         }
     }
 
@@ -344,6 +363,12 @@ impl NodeConfig {
         }
         if self.cache_mb == 0 {
             return Err(ConfigError::ZeroCache);
+        }
+        if self.max_inflight_requests == 0 {
+            return Err(ConfigError::ZeroLimit("--max-inflight-requests"));
+        }
+        if self.max_calls_per_connection == 0 {
+            return Err(ConfigError::ZeroLimit("--max-calls-per-connection"));
         }
         Ok(())
     }

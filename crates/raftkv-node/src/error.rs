@@ -12,6 +12,9 @@
 //! | AlreadyAcknowledged | FAILED_PRECONDITION | –            | no: the client already has it   |
 //! | FailedPrecondition | FAILED_PRECONDITION | –              | no: change the cluster first    |
 //! | Removed          | FAILED_PRECONDITION | `removed`       | yes, on another node            |
+//! | Unauthenticated  | UNAUTHENTICATED    | –               | no: send a valid token          |
+//! | PermissionDenied | PERMISSION_DENIED  | –               | no: use a token with the role   |
+//! | Overloaded       | RESOURCE_EXHAUSTED | `overloaded`    | yes, after a backoff            |
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use raftkv_proto::{error_kind, metadata};
@@ -43,6 +46,12 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("node {0} has been removed from the cluster and serves nothing; to rejoin, start a node with a new id and an empty data dir")]
     Removed(NodeId),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("node {this} is overloaded: it is already running {limit} calls (--max-inflight-requests); retry after a backoff")]
+    Overloaded { this: NodeId, limit: usize },
 }
 
 impl ApiError {
@@ -91,7 +100,10 @@ impl ApiError {
             Self::ShuttingDown(_) => Some(error_kind::SHUTTING_DOWN),
             Self::Indeterminate(_) => Some(error_kind::INDETERMINATE),
             Self::Removed(_) => Some(error_kind::REMOVED),
-            Self::InvalidArgument(_)
+            Self::Overloaded { .. } => Some(error_kind::OVERLOADED),
+            Self::Unauthenticated(_)
+            | Self::PermissionDenied(_)
+            | Self::InvalidArgument(_)
             | Self::Storage(_)
             | Self::AlreadyAcknowledged { .. }
             | Self::FailedPrecondition(_) => None,
@@ -108,6 +120,9 @@ impl ApiError {
             Self::AlreadyAcknowledged { .. } | Self::FailedPrecondition(_) | Self::Removed(_) => {
                 Code::FailedPrecondition
             }
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Overloaded { .. } => Code::ResourceExhausted,
         }
     }
 }

@@ -17,6 +17,7 @@
 //! - [`error`]: `ApiError` and its one mapping to gRPC status codes;
 //! - [`metrics`], [`health`]: Prometheus metrics, health checks, /metrics /healthz /readyz.
 
+pub mod access;
 pub mod cluster_service;
 pub mod config;
 pub mod core;

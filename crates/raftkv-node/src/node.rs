@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::access::{AccessControl, Admission};
 use crate::cluster_service::ClusterService;
 use crate::config::{NodeConfig, MAX_VALUE_BYTES};
 use crate::core::NodeCore;
@@ -95,6 +96,10 @@ impl RunningNode {
             .local_addr()
             .map_err(|e| StartupError::Io(e.to_string()))?;
 
+        let access = match &config.auth_file {
+            Some(path) => Some(Arc::new(AccessControl::load(path).map_err(StartupError::Io)?)),
+            None => None,
+        };
         let found_identity = identity::load(&config.data_dir, config.id)?;
         let store_config = StoreConfig {
             cache_capacity_bytes: config.cache_mb * 1024 * 1024,
@@ -151,6 +156,8 @@ impl RunningNode {
             removal: removal.clone(),
             peers: network.clone(),
             writes: WriteBatcher::new(config.id, raft.clone(), crate::core::now_millis),
+            access,
+            admission: Admission::new(config.max_inflight_requests),
         };
 
         let assist = ElectionAssist::new(
@@ -195,6 +202,8 @@ impl RunningNode {
             "client",
             Server::builder()
                 .timeout(config.request_timeout())
+                .concurrency_limit_per_connection(config.max_calls_per_connection)
+                .load_shed(true)
                 .add_service(kv)
                 .add_service(cluster)
                 .add_service(health_service)

@@ -35,6 +35,9 @@ pub mod metadata {
     /// Every write of this client numbered below this has had its answer; the server may
     /// forget those answers.
     pub const ACKED_BELOW: &str = "raftkv-acked-below";
+
+    /// `Bearer TOKEN`, on every call to a node started with `--auth-file`.
+    pub const AUTHORIZATION: &str = "authorization";
 }
 
 /// Values of the [`metadata::ERROR_KIND`] key.
@@ -50,4 +53,7 @@ pub mod error_kind {
     pub const INDETERMINATE: &str = "indeterminate";
     /// This node was removed from the cluster and serves nothing; use another node.
     pub const REMOVED: &str = "removed";
+    /// The node is running as many calls as it allows (`--max-inflight-requests`); this one did
+    /// not start. Retry after a backoff, or on another node.
+    pub const OVERLOADED: &str = "overloaded";
 }

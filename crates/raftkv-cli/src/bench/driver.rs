@@ -58,6 +58,8 @@ impl From<ClientError> for OpError {
             ClientError::Unavailable(_) => "unavailable".to_string(),
             ClientError::Indeterminate(_) => "indeterminate".to_string(),
             ClientError::Config(_) => "config".to_string(),
+            ClientError::Unauthenticated(_) => "unauthenticated".to_string(),
+            ClientError::PermissionDenied(_) => "permission_denied".to_string(),
             ClientError::Server { code, .. } => format!("server_{code:?}").to_lowercase(),
         };
         OpError {
@@ -103,6 +105,15 @@ pub fn default_endpoints(kind: DriverKind) -> &'static str {
     }
 }
 
+/// What every raftkv client of a run is configured with (from the CLI's global flags).
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Deadline of each call, retries included.
+    pub timeout: Duration,
+    /// Access token, for clusters started with `--auth-file`.
+    pub token: Option<raftkv_client::Token>,
+}
+
 impl Driver {
     /// Connects `connections` clients to `endpoints` (only the leader's with `Target::Leader`).
     pub async fn connect(
@@ -110,12 +121,13 @@ impl Driver {
         endpoints: &str,
         connections: usize,
         target: Target,
-        timeout: Duration,
+        client: &ClientSettings,
     ) -> Result<Self, OpError> {
         match kind {
             DriverKind::Raftkv => {
                 let mut config = ClientConfig::parse(endpoints)?;
-                config.timeout = timeout;
+                config.timeout = client.timeout;
+                config.token = client.token.clone();
                 if target == Target::Leader {
                     let probe = Client::new(config.clone())?;
                     let leader = Driver::Raftkv(vec![probe]).leader().await?;
@@ -128,7 +140,7 @@ impl Driver {
             }
             #[cfg(feature = "etcd")]
             DriverKind::Etcd => Ok(Driver::Etcd(
-                super::etcd::EtcdDriver::connect(endpoints, connections, target, timeout).await?,
+                super::etcd::EtcdDriver::connect(endpoints, connections, target, client.timeout).await?,
             )),
             #[cfg(not(feature = "etcd"))]
             DriverKind::Etcd => Err(OpError {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::driver::{Driver, DriverKind, Leader, OpError};
+use super::driver::{ClientSettings, Driver, DriverKind, Leader, OpError};
 use super::{config_error, BenchArgs, Target};
 
 /// What a failover run measured.
@@ -102,10 +102,10 @@ fn count(errors: &Mutex<BTreeMap<String, u64>>, kind: String) {
 
 /// Runs the failover benchmark, starting (and afterwards stopping) a raftkv cluster when none
 /// answers.
-pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, timeout: Duration) -> Result<FailoverReport, OpError> {
+pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettings) -> Result<FailoverReport, OpError> {
     args.validate().map_err(config_error)?;
     let endpoints = args.endpoints(raftkv_endpoints);
-    let driver = Driver::connect(args.driver, endpoints, args.connections, Target::All, timeout).await?;
+    let driver = Driver::connect(args.driver, endpoints, args.connections, Target::All, client).await?;
     let start_cluster =
         args.driver == DriverKind::Raftkv && !args.cluster_up_cmd.is_empty() && driver.max_term().await.is_err();
     if start_cluster {

@@ -29,7 +29,7 @@ use hdrhistogram::Histogram;
 use rand::Rng;
 
 use crate::args::{ConsistencyArg, DurationArg};
-use driver::{CasOutcome, Driver, DriverKind, OpError};
+use driver::{CasOutcome, ClientSettings, Driver, DriverKind, OpError};
 use report::BenchReport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -328,7 +328,7 @@ fn counter_successor(value: &[u8]) -> Vec<u8> {
 }
 
 /// Runs a steady workload (put, get, mixed, txn) and returns its report.
-pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, timeout: Duration) -> Result<BenchReport, OpError> {
+pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettings) -> Result<BenchReport, OpError> {
     args.validate().map_err(config_error)?;
     let keys = KeySpace::new(args.keys, args.key_size).map_err(config_error)?;
     let driver = Driver::connect(
@@ -336,7 +336,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, timeout: Duration) ->
         args.endpoints(raftkv_endpoints),
         args.connections,
         args.target,
-        timeout,
+        client,
     )
     .await?;
     let value = vec![b'v'; args.value_size];
