@@ -1031,6 +1031,18 @@ mod tests {
             classify(&status_with(Code::InvalidArgument, None, None)),
             (Failure::Final(ClientError::InvalidArgument(_)), false)
         ));
+        // Shed before it started: retried after a backoff, without blaming the endpoint.
+        let overloaded = status_with(Code::ResourceExhausted, Some(error_kind::OVERLOADED), None);
+        assert!(matches!(classify(&overloaded), (Failure::NotStarted(_), false)));
+        // A refused token is final: retrying cannot change the answer.
+        assert!(matches!(
+            classify(&status_with(Code::PermissionDenied, None, None)),
+            (Failure::Final(ClientError::PermissionDenied(_)), false)
+        ));
+        assert!(matches!(
+            classify(&status_with(Code::Unauthenticated, None, None)),
+            (Failure::Final(ClientError::Unauthenticated(_)), false)
+        ));
     }
 
     #[tokio::test]
