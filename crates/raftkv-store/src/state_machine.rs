@@ -922,7 +922,26 @@ pub struct StateSnapshotBuilder {
     snapshots: SnapshotFiles,
 }
 
+/// What a snapshot scan needs, owned, so the scan can run on a blocking thread: reading and
+/// encoding the whole state takes hundreds of milliseconds on a large store, and on a runtime
+/// worker it would hold up heartbeats and replication long enough to cause elections.
+struct ViewScanner {
+    token: u64,
+    tree: sled::Tree,
+    shared: Arc<Shared>,
+}
+
 impl StateSnapshotBuilder {
+    fn scanner(&self) -> ViewScanner {
+        ViewScanner {
+            token: self.token,
+            tree: self.tree.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl ViewScanner {
     /// Ends this builder's view (and only this builder's) and returns it.
     fn end_view(&self) -> Option<SnapshotView> {
         let mut view = self.shared.snapshot_view.lock().unwrap_or_else(|e| e.into_inner());
@@ -967,7 +986,7 @@ impl Drop for StateSnapshotBuilder {
     fn drop(&mut self) {
         // A builder dropped without building (or after failing) must not leave applies saving
         // before-images for nobody.
-        self.end_view();
+        self.scanner().end_view();
     }
 }
 
@@ -984,7 +1003,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
                 return Err(r(e));
             }
         };
-        let records = self.scan().map_err(r)?;
+        let scanner = self.scanner();
+        let records = tokio::task::spawn_blocking(move || scanner.scan())
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Read, &e))?
+            .map_err(r)?;
         // The state machine must be durable up to the snapshot before openraft purges the log
         // behind it.
         self.shared
@@ -992,7 +1015,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
             .flush_async()
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-        let data = codec::encode(&SnapshotPayload { records }).map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
+        let data = tokio::task::spawn_blocking(move || codec::encode(&SnapshotPayload { records }))
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?
+            .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
