@@ -2,6 +2,8 @@
 # A local raftkv cluster on 127.0.0.1, for trying raftkv and watching it fail over.
 #
 #   scripts/cluster.sh up          build (if needed), start 3 nodes, wait for a leader, show status
+#   scripts/cluster.sh up --tls    the same with TLS everywhere: makes a CA and certificates
+#                                  (raftkv certs) in .cluster/tls; clients need the env it prints
 #   scripts/cluster.sh status      the status table (raftkv cluster status)
 #   scripts/cluster.sh kill N      SIGKILL node N (a crash)
 #   scripts/cluster.sh stop N      SIGTERM node N (a clean shutdown)
@@ -37,6 +39,21 @@ RAFTKVD="$BIN/raftkvd"
 RAFTKV="$BIN/raftkv"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+# TLS: a cluster made with `up --tls` keeps its certificates in $TLS_DIR, and every later
+# command (and node start) of this script uses them.
+TLS_DIR="$DIR/tls"
+tls_on() { [[ -f "$TLS_DIR/ca.pem" ]]; }
+if tls_on; then
+  export RAFTKV_CACERT="$TLS_DIR/ca.pem" RAFTKV_CERT="$TLS_DIR/client.pem" RAFTKV_KEY="$TLS_DIR/client-key.pem"
+fi
+tls_flags() {
+  local n="$1" t="$TLS_DIR"
+  tls_on || return 0
+  [[ -f "$t/node-$n.pem" ]] || die "no certificate for node $n in $t (made for the first nodes only); 'clean' and 'up --tls' again"
+  echo "--tls-cert $t/node-$n.pem --tls-key $t/node-$n-key.pem --tls-client-ca $t/ca.pem" \
+    "--peer-tls-cert $t/node-$n-peer.pem --peer-tls-key $t/node-$n-peer-key.pem --peer-tls-ca $t/peer-ca.pem"
+}
 
 client_port() { echo $((CLIENT_BASE + $1)); }
 metrics_port() { echo $((METRICS_BASE + $1)); }
@@ -118,7 +135,7 @@ start_node() {
   # shellcheck disable=SC2086
   nohup "$RAFTKVD" --id "$n" --data-dir "$DIR/node$n" \
     --client-addr "127.0.0.1:$cp" --peer-addr "127.0.0.1:$pp" --metrics-addr "127.0.0.1:$mp" \
-    "${membership[@]}" ${RAFTKV_NODE_FLAGS:-} \
+    "${membership[@]}" $(tls_flags "$n") ${RAFTKV_NODE_FLAGS:-} \
     >>"$(logfile "$n")" 2>&1 </dev/null &
   echo $! >"$(pidfile "$n")"
   echo "node $n started (pid $!, client 127.0.0.1:$cp, peer 127.0.0.1:$pp, metrics http://127.0.0.1:$mp/metrics)"
@@ -164,6 +181,15 @@ shift || true
 case "$cmd" in
   up)
     build
+    if [[ "${1:-}" == "--tls" ]] && ! tls_on; then
+      mkdir -p "$DIR"
+      # Spare certificates, so `add` works for a few more nodes.
+      "$RAFTKV" certs --dir "$TLS_DIR" --nodes $((NODES + 6)) >/dev/null
+      export RAFTKV_CACERT="$TLS_DIR/ca.pem" RAFTKV_CERT="$TLS_DIR/client.pem" RAFTKV_KEY="$TLS_DIR/client-key.pem"
+      echo "TLS on: certificates in $TLS_DIR"
+    elif [[ -n "${1:-}" && "${1:-}" != "--tls" ]]; then
+      die "up takes no argument but --tls"
+    fi
     for n in $(node_ids); do
       if [[ -n "$(running_pid "$n")" ]]; then die "node $n is already running; use 'status', or 'down' first"; fi
     done
@@ -171,6 +197,10 @@ case "$cmd" in
     wait_for_leader
     status
     echo
+    if tls_on; then
+      echo "TLS is on; point the CLI at the certificates first:"
+      echo "  export RAFTKV_CACERT=$RAFTKV_CACERT RAFTKV_CERT=$RAFTKV_CERT RAFTKV_KEY=$RAFTKV_KEY"
+    fi
     echo "try: $RAFTKV put hello world && $RAFTKV get hello"
     ;;
   down)

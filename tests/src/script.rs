@@ -78,7 +78,13 @@ impl Script {
     }
 
     pub fn raftkv(&self, args: &[&str]) -> Output {
+        self.raftkv_with(&[], args)
+    }
+
+    /// `raftkv ARGS` against this cluster with `env` added (e.g. the TLS certificate paths).
+    pub fn raftkv_with(&self, env: &[(&str, String)], args: &[&str]) -> Output {
         Command::new(workspace_binary("raftkv"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .arg("--endpoints")
             .arg(self.endpoints())
             .args(args)

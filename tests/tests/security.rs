@@ -172,8 +172,24 @@ fn cut_off(cluster: &InProcessCluster, leader: u64) {
     }
 }
 
+/// Cuts the current leader off from both followers and returns it. Checked after the cut: a
+/// spurious election just before it (CI machines are slow) would leave a deposed node, on which
+/// a write fails at once instead of hanging, so then the links heal and it tries again.
+async fn cut_off_the_leader(cluster: &InProcessCluster) -> anyhow::Result<u64> {
+    for _ in 0..5 {
+        let leader = cluster.wait_for_leader(T).await?;
+        cut_off(cluster, leader);
+        let m = cluster.node(leader).raft.metrics().borrow().clone();
+        if m.state == openraft::ServerState::Leader && m.current_leader == Some(leader) {
+            return Ok(leader);
+        }
+        heal(cluster, leader);
+    }
+    anyhow::bail!("leadership kept moving; could not cut off a leader")
+}
+
 /// Starts a Put over `channel` to a cut-off leader; it holds its call slot (and its place on
-/// the connection) until the links heal or 5 s pass.
+/// the connection) until the links heal or 20 s pass.
 fn a_call_that_hangs(channel: tonic::transport::Channel) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut request = tonic::Request::new(PutRequest {
@@ -181,7 +197,7 @@ fn a_call_that_hangs(channel: tonic::transport::Channel) -> tokio::task::JoinHan
             value: b"v".to_vec(),
             prev_kv: false,
         });
-        request.set_timeout(Duration::from_secs(5));
+        request.set_timeout(Duration::from_secs(20));
         let _ = KvClient::new(channel).put(request).await;
     })
 }
@@ -206,9 +222,8 @@ fn heal(cluster: &InProcessCluster, leader: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_at_its_inflight_limit_sheds_the_next_call() -> anyhow::Result<()> {
     let cluster = InProcessCluster::start_with(3, |c| c.max_inflight_requests = 1).await?;
-    let leader = cluster.wait_for_leader(T).await?;
+    let leader = cut_off_the_leader(&cluster).await?;
     let addr = cluster.client_addr(leader);
-    cut_off(&cluster, leader);
     let hung = a_call_that_hangs(channel(&addr).await?);
 
     // A second connection, so only the node-wide limit is in play.
@@ -239,10 +254,9 @@ async fn a_node_at_its_inflight_limit_sheds_the_next_call() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_cannot_run_more_calls_than_its_limit() -> anyhow::Result<()> {
     let cluster = InProcessCluster::start_with(3, |c| c.max_calls_per_connection = 1).await?;
-    let leader = cluster.wait_for_leader(T).await?;
+    let leader = cut_off_the_leader(&cluster).await?;
     let addr = cluster.client_addr(leader);
     let shared = channel(&addr).await?;
-    cut_off(&cluster, leader);
     let hung = a_call_that_hangs(shared.clone());
     let shed = wait::until(T, "the connection's second call to be refused", || {
         let shared = shared.clone();

@@ -28,6 +28,19 @@ pub struct Cli {
     #[arg(long, global = true, env = "RAFTKV_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// PEM CA that signed the nodes' certificates: talk TLS to a cluster started with
+    /// `--tls-cert` (files from `raftkv certs`: ca.pem).
+    #[arg(long = "cacert", global = true, env = "RAFTKV_CACERT")]
+    pub tls_cacert: Option<std::path::PathBuf>,
+
+    /// PEM client certificate, for a cluster that requires one (`--tls-client-ca`).
+    #[arg(long = "cert", global = true, env = "RAFTKV_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(long = "key", global = true, env = "RAFTKV_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// When a linearizable read cannot get an answer from a quorum in time, print a stale read
     /// instead of failing (a warning on stderr says so; `-o json` has "degraded": true).
     #[arg(long, global = true, env = "RAFTKV_ALLOW_DEGRADED")]
@@ -122,6 +135,18 @@ pub enum Command {
     },
     /// Load the cluster and report throughput and latency (see `raftkv bench --help`).
     Bench(crate::bench::BenchArgs),
+    /// Write a CA and certificates for a TLS cluster (nodes 1..=N and a client) into a directory.
+    Certs {
+        /// Where to write them (created if missing; an existing set is never overwritten).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// How many nodes to make certificates for.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// An IP address or DNS name the nodes are reached at; repeat for several.
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+    },
     /// Print the side-by-side table (etcd vs raftkv) from files of `raftkv bench -o json` lines.
     BenchTable {
         /// Files holding the JSON lines (several rounds and both systems may be mixed).

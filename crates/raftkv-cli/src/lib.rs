@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod args;
 pub mod bench;
+pub mod certs;
 pub mod output;
 pub mod txn_syntax;
 pub mod watch;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use raftkv_client::pb::{txn_op_response, DeleteRequest, PutRequest, RangeRequest, TxnRequest, TxnResponse};
-use raftkv_client::{Client, ClientConfig, ClientError, ReadOptions, Token};
+use raftkv_client::{Client, ClientConfig, ClientError, ClientTls, ReadOptions, Token};
 
 use crate::args::{Cli, ClusterCommand, Command, OutputFormat};
 
@@ -113,9 +114,35 @@ fn current_value(r: &TxnResponse) -> Option<&[u8]> {
 
 /// Runs one parsed command and returns its exit code.
 pub async fn run(cli: Cli) -> u8 {
+    if let Command::Certs { dir, nodes, hosts } = &cli.command {
+        return match certs::write_cluster_certs(dir, *nodes, hosts) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                0
+            }
+            Err(msg) => usage(msg),
+        };
+    }
     let mut config = match ClientConfig::parse(&cli.endpoints) {
         Ok(c) => c,
         Err(e) => return fail(e),
+    };
+    config.tls = match (&cli.tls_cacert, &cli.tls_cert, &cli.tls_key) {
+        (None, None, None) => None,
+        (Some(ca), cert, key) => {
+            let identity = match (cert, key) {
+                (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                (None, None) => None,
+                _ => return usage("--cert and --key go together"),
+            };
+            match ClientTls::from_files(ca, identity) {
+                Ok(tls) => Some(tls),
+                Err(e) => return fail(e),
+            }
+        }
+        (None, _, _) => return usage("--cert/--key need --cacert (the CA that signed the nodes' certificates)"),
     };
     config.timeout = cli.timeout.0;
     config.retry.max_attempts = cli.retries;
@@ -266,6 +293,8 @@ pub async fn run(cli: Cli) -> u8 {
             Ok(report) => print(&report.text()),
             Err(e) => bench_fail(e),
         },
+        // Written before any client exists (it needs none).
+        Command::Certs { .. } => 0,
         Command::BenchTable { files } => {
             let mut inputs = Vec::new();
             for f in &files {

@@ -36,7 +36,7 @@ use raftkv_proto::v1::{
 use raftkv_proto::{error_kind, metadata};
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::balancer::SmoothWeightedRoundRobin;
@@ -180,6 +180,9 @@ fn classify(status: &Status) -> (Failure, bool) {
         Some(error_kind::OVERLOADED) => (Failure::NotStarted(message), false),
         _ => match status.code() {
             Code::Unavailable if is_connect_error(status) => (Failure::NotStarted(message), true),
+            // A plaintext client talking to a TLS port fails HTTP/2 framing before the call
+            // starts.
+            Code::Internal if status.message().contains("h2 protocol error") => (Failure::NotStarted(message), true),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
                 (Failure::Unknown(message), true)
             }
@@ -378,8 +381,20 @@ impl Client {
         if let Some(e) = endpoints.iter().find(|e| e.spec.addr == spec.addr) {
             return Ok(e.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{}", spec.addr))
-            .map_err(|e| ClientError::Config(format!("endpoint {:?}: {e}", spec.addr)))?
+        let tls = &self.inner.config.tls;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", spec.addr))
+            .map_err(|e| ClientError::Config(format!("endpoint {:?}: {e}", spec.addr)))?;
+        if let Some(tls) = tls {
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| ClientError::Config(format!("TLS for {}: {e}", spec.addr)))?;
+        }
+        let channel = endpoint
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true)
             .connect_lazy();
@@ -459,6 +474,14 @@ impl Client {
                 } else {
                     "deadline passed".to_string()
                 };
+                // Plaintext against a TLS port fails as a bare transport error: say what to try.
+                if config.tls.is_none()
+                    && (last_error.contains("transport error") || last_error.contains("h2 protocol"))
+                {
+                    last_error.push_str(
+                        " (if the cluster serves TLS, give the client its CA: --cacert or ClientConfig::tls)",
+                    );
+                }
                 return Err(if outcome_unknown {
                     ClientError::Indeterminate(format!("{why}; last error: {last_error}"))
                 } else {

@@ -103,6 +103,46 @@ pub struct ClientConfig {
     /// Access token sent with every call (`authorization: Bearer TOKEN`), for clusters started
     /// with `--auth-file`.
     pub token: Option<Token>,
+    /// TLS to the nodes, for clusters started with `--tls-cert`; plaintext when `None`.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings: the CA that signed the nodes' client-API certificates, and this client's own
+/// certificate and key for clusters that require one (`--tls-client-ca`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM of the CA the nodes' certificates are checked against.
+    pub ca_pem: Vec<u8>,
+    /// PEM certificate and PEM private key this client presents.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// Reads the PEM files: the CA, and optionally a certificate with its key.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, ClientError> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| ClientError::Config(format!("{what} {}: {e}", p.display())))
+        };
+        Ok(Self {
+            ca_pem: read("CA certificate", ca)?,
+            identity: match identity {
+                Some((cert, key)) => Some((read("certificate", cert)?, read("key", key)?)),
+                None => None,
+            },
+        })
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("identity", &self.identity.as_ref().map(|_| "<cert and redacted key>"))
+            .finish()
+    }
 }
 
 /// An access token. Its `Debug` output is redacted, so logging a config never leaks it.
@@ -138,6 +178,7 @@ impl ClientConfig {
             exactly_once: true,
             client_id: None,
             token: None,
+            tls: None,
         }
     }
 

@@ -28,7 +28,7 @@ pub mod txn;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use client::{Client, EndpointReport, NodeReport, Read, ReadOptions};
-pub use config::{ClientConfig, EndpointSpec, RetryPolicy, Token, DEFAULT_ENDPOINTS};
+pub use config::{ClientConfig, ClientTls, EndpointSpec, RetryPolicy, Token, DEFAULT_ENDPOINTS};
 pub use error::ClientError;
 /// The backup file format (written by `raftkv backup`, read by `raftkvd restore`).
 pub use raftkv_proto::backup;

@@ -183,6 +183,11 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTKV_JOIN", value_delimiter = ',', conflicts_with = "initial_cluster")]
     pub join: Vec<String>,
 
+    /// An `admin` token for --join, when the cluster runs with --auth-file (adding a member
+    /// needs that role). Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "RAFTKV_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
     /// Client address other nodes and clients should use for this node (default: its
     /// --initial-cluster entry, else --client-addr).
     #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT_ADDR")]
@@ -246,6 +251,32 @@ pub struct NodeConfig {
     /// Concurrent calls on one client connection; one more is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "RAFTKV_MAX_CALLS_PER_CONNECTION", default_value_t = 1024)]
     pub max_calls_per_connection: usize,
+
+    /// PEM certificate the client API serves TLS with (with --tls-key).
+    #[arg(long, env = "RAFTKV_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RAFTKV_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA of the client API: clients must present a certificate it signed (mutual TLS),
+    /// and --join trusts the node it asks through it.
+    #[arg(long, env = "RAFTKV_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// PEM certificate for the peer API, served and presented to other nodes (with
+    /// --peer-tls-key and --peer-tls-ca: peers always use mutual TLS).
+    #[arg(long, env = "RAFTKV_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long, env = "RAFTKV_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// PEM CA that signed every node's peer certificate; a peer without one is refused.
+    #[arg(long, env = "RAFTKV_PEER_TLS_CA", requires = "peer_tls_cert")]
+    pub peer_tls_ca: Option<PathBuf>,
 }
 
 /// A configuration that cannot work, and why.
@@ -273,6 +304,8 @@ pub enum ConfigError {
     ZeroCache,
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    #[error("{0}")]
+    Tls(String),
     #[error("--peer-route: {0}")]
     PeerRoute(String),
     #[error("{0}")]
@@ -298,11 +331,18 @@ impl NodeConfig {
             metrics_addr: None,
             peer_routes: Vec::new(),
             join: Vec::new(),
+            join_token: None,
             advertise_client_addr: None,
             advertise_peer_addr: None,
             auth_file: None,
             max_inflight_requests: 4096,
             max_calls_per_connection: 1024,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
         }
     }
 
@@ -369,6 +409,19 @@ impl NodeConfig {
         }
         if self.max_calls_per_connection == 0 {
             return Err(ConfigError::ZeroLimit("--max-calls-per-connection"));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some()
+            || (self.tls_client_ca.is_some() && self.tls_cert.is_none())
+        {
+            return Err(ConfigError::Tls(
+                "--tls-cert and --tls-key go together (and --tls-client-ca needs them)".into(),
+            ));
+        }
+        let peer = [&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca];
+        if peer.iter().any(|p| p.is_some()) && !peer.iter().all(|p| p.is_some()) {
+            return Err(ConfigError::Tls(
+                "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together (peers use mutual TLS)".into(),
+            ));
         }
         Ok(())
     }

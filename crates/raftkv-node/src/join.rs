@@ -12,7 +12,8 @@ use raftkv_proto::v1::AddMemberRequest;
 use raftkv_proto::{error_kind, metadata};
 use raftkv_store::{NodeAddr, NodeId};
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 /// One add call may take this long (the learner catches up during it).
@@ -20,8 +21,26 @@ const ADD_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long to keep trying to reach the cluster.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 
-/// Asks the cluster at `targets` to add node `id` at `addr`; reports a refusal on `fatal`.
-pub async fn join(id: NodeId, addr: NodeAddr, targets: Vec<String>, fatal: watch::Sender<Option<String>>) {
+/// Asks the cluster at `targets` to add node `id` at `addr` (with `token`, an admin token, when
+/// the cluster requires one); reports a refusal on `fatal`.
+pub async fn join(
+    id: NodeId,
+    addr: NodeAddr,
+    targets: Vec<String>,
+    token: Option<String>,
+    tls: Option<ClientTlsConfig>,
+    fatal: watch::Sender<Option<String>>,
+) {
+    let authorization = match token.map(|t| MetadataValue::try_from(format!("Bearer {t}"))) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            let _ = fatal.send(Some(
+                "--join-token is not valid gRPC metadata (printable ASCII only)".into(),
+            ));
+            return;
+        }
+    };
     let give_up = tokio::time::Instant::now() + GIVE_UP_AFTER;
     let mut queue: Vec<String> = targets.clone();
     let mut pause = Duration::from_millis(200);
@@ -41,9 +60,18 @@ pub async fn join(id: NodeId, addr: NodeAddr, targets: Vec<String>, fatal: watch
             )));
             return;
         }
-        let Ok(endpoint) = Endpoint::from_shared(format!("http://{target}")) else {
+        let Ok(mut endpoint) = Endpoint::from_shared(crate::tls::url(&target, tls.is_some())) else {
             continue;
         };
+        if let Some(tls) = &tls {
+            match endpoint.tls_config(tls.clone()) {
+                Ok(e) => endpoint = e,
+                Err(e) => {
+                    let _ = fatal.send(Some(format!("TLS for --join: {e}")));
+                    return;
+                }
+            }
+        }
         let mut client = ClusterClient::new(endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy());
         let mut request = tonic::Request::new(AddMemberRequest {
             id,
@@ -52,6 +80,9 @@ pub async fn join(id: NodeId, addr: NodeAddr, targets: Vec<String>, fatal: watch
             learner_only: false,
         });
         request.set_timeout(ADD_TIMEOUT);
+        if let Some(auth) = &authorization {
+            request.metadata_mut().insert(metadata::AUTHORIZATION, auth.clone());
+        }
         tracing::info!(via = %target, "asking the cluster to add this node");
         match client.add_member(request).await {
             Ok(_) => {
@@ -66,6 +97,13 @@ pub async fn join(id: NodeId, addr: NodeAddr, targets: Vec<String>, fatal: watch
                         queue.insert(0, leader.to_string());
                         continue;
                     }
+                }
+                if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) {
+                    let _ = fatal.send(Some(format!(
+                        "the cluster requires an admin token to add this node (--join-token / RAFTKV_JOIN_TOKEN): {}",
+                        status.message()
+                    )));
+                    return;
                 }
                 if matches!(status.code(), Code::FailedPrecondition | Code::InvalidArgument) && kind.is_none() {
                     let _ = fatal.send(Some(format!(

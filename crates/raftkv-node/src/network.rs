@@ -29,7 +29,7 @@ use raftkv_store::codec;
 use raftkv_store::{NodeAddr, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 /// Largest peer message, in bytes (AppendEntries batches, snapshot chunks).
@@ -137,6 +137,8 @@ pub struct PeerNetwork {
     faults: LinkFaults,
     incarnations: IncarnationRegistry,
     routes: Arc<HashMap<NodeId, String>>,
+    /// Mutual TLS for every peer connection (`--peer-tls-*`); plaintext when `None`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerNetwork {
@@ -147,7 +149,14 @@ impl PeerNetwork {
             faults,
             incarnations,
             routes: Arc::default(),
+            tls: None,
         }
+    }
+
+    /// Connects to peers with mutual TLS (`--peer-tls-*`).
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Reaches the given peers through other addresses than the membership's (`--peer-route`).
@@ -172,7 +181,11 @@ impl PeerNetwork {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+        let mut endpoint =
+            Endpoint::from_shared(crate::tls::url(addr, self.tls.is_some())).map_err(|e| e.to_string())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| e.to_string())?;
+        }
         let channel = endpoint
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::access::{AccessControl, Admission};
 use crate::cluster_service::ClusterService;
@@ -33,6 +33,7 @@ use crate::network::{IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_P
 use crate::peer_service::PeerService;
 use crate::read_index::ReadPath;
 use crate::startup::{self, StartupError};
+use crate::tls::NodeTls;
 use crate::write_batcher::WriteBatcher;
 
 /// Largest client request accepted: a maximal value plus room for the key and framing, so an
@@ -96,6 +97,7 @@ impl RunningNode {
             .local_addr()
             .map_err(|e| StartupError::Io(e.to_string()))?;
 
+        let tls = NodeTls::load(&config).map_err(StartupError::Io)?;
         let access = match &config.auth_file {
             Some(path) => Some(Arc::new(AccessControl::load(path).map_err(StartupError::Io)?)),
             None => None,
@@ -126,7 +128,8 @@ impl RunningNode {
         let faults = LinkFaults::default();
         let incarnations = IncarnationRegistry::default();
         let network = PeerNetwork::new(me, faults.clone(), incarnations.clone())
-            .with_routes(config.peer_routes.iter().map(|r| (r.id, r.addr.clone())));
+            .with_routes(config.peer_routes.iter().map(|r| (r.id, r.addr.clone())))
+            .with_tls(tls.peer_connect.clone());
         let raft_config = config
             .raft_config()
             .validate()
@@ -183,7 +186,7 @@ impl RunningNode {
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let peer_server = spawn_server(
             "peer",
-            Server::builder().add_service(peer_service),
+            with_tls(Server::builder(), &tls.peer_server, "peer")?.add_service(peer_service),
             peer_listener,
             shutdown_rx.clone(),
         );
@@ -200,7 +203,7 @@ impl RunningNode {
             .map_err(|e| StartupError::Io(format!("reflection: {e}")))?;
         let client_server = spawn_server(
             "client",
-            Server::builder()
+            with_tls(Server::builder(), &tls.client_server, "client")?
                 .timeout(config.request_timeout())
                 .concurrency_limit_per_connection(config.max_calls_per_connection)
                 .load_shed(true)
@@ -270,6 +273,8 @@ impl RunningNode {
                 config.id,
                 config.advertised(),
                 config.join.clone(),
+                config.join_token.clone(),
+                tls.client_connect.clone(),
                 fatal_tx,
             ));
         }
@@ -300,6 +305,16 @@ impl RunningNode {
             tracing::error!("final flush failed: {e}");
         }
         tracing::info!(id = self.id, "stopped");
+    }
+}
+
+/// `builder` serving TLS with `tls`, when it is set.
+fn with_tls(builder: Server, tls: &Option<ServerTlsConfig>, api: &str) -> Result<Server, StartupError> {
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls.clone())
+            .map_err(|e| StartupError::Io(format!("{api} API TLS: {e}"))),
+        None => Ok(builder),
     }
 }
 
