@@ -111,6 +111,45 @@ async fn tokens_and_roles_decide_who_may_do_what() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// - With tokens on, a node that joins without an admin token stops at once and says it needs
+///   `--join-token`; one that joins with an admin token becomes a voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_cluster_with_tokens_needs_an_admin_join_token() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let auth_file = dir.path().join("tokens");
+    std::fs::write(&auth_file, format!("app readwrite {WRITER}\nops admin {OPERATOR}\n"))?;
+    let mut cluster = InProcessCluster::start_with(3, |c| c.auth_file = Some(auth_file.clone())).await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let via = vec![cluster.client_addr(leader)];
+    let joining = |token: Option<&str>| {
+        let (via, auth_file, token) = (via.clone(), auth_file.clone(), token.map(String::from));
+        move |c: &mut raftkv_node::NodeConfig| {
+            c.auth_file = Some(auth_file.clone());
+            c.join = via.clone();
+            c.join_token = token.clone();
+        }
+    };
+
+    cluster.start_pristine(4, joining(Some(WRITER))).await?;
+    let mut fatal = cluster.node(4).fatal.clone();
+    let reason = tokio::time::timeout(T, fatal.wait_for(|f| f.is_some()))
+        .await??
+        .clone()
+        .unwrap_or_default();
+    assert!(reason.contains("--join-token"), "{reason}");
+    cluster.stop(4).await;
+
+    cluster.start_pristine(5, joining(Some(OPERATOR))).await?;
+    let operator = cluster.client_with(|c| c.token = Some(Token::new(OPERATOR)));
+    wait::until(Duration::from_secs(30), "node 5 to be a voter", || async {
+        let members = operator.list_members().await.ok()?.members;
+        members.iter().any(|m| m.id == 5 && m.voter).then_some(())
+    })
+    .await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 /// - Each limit of one request admits a request exactly at it and refuses one just past it,
 ///   with a message naming the limit: key bytes, value bytes, operations per transaction, and
 ///   the size of the whole request.
