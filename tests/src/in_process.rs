@@ -78,6 +78,11 @@ impl InProcessCluster {
     }
 
     /// Client address of node `id` (running or not).
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: NodeId) -> std::path::PathBuf {
+        self.configs[&id].data_dir.clone()
+    }
+
     pub fn client_addr(&self, id: NodeId) -> String {
         self.configs[&id].client_addr.to_string()
     }

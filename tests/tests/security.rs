@@ -229,15 +229,22 @@ async fn cut_off_the_leader(cluster: &InProcessCluster) -> anyhow::Result<u64> {
 
 /// Starts a Put over `channel` to a cut-off leader; it holds its call slot (and its place on
 /// the connection) until the links heal or 20 s pass.
+/// If the test's own probe holds the only slot when the Put arrives, the Put is the call that
+/// is shed; it is sent again until it is the one holding the slot.
 fn a_call_that_hangs(channel: tonic::transport::Channel) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut request = tonic::Request::new(PutRequest {
-            key: b"held".to_vec(),
-            value: b"v".to_vec(),
-            prev_kv: false,
-        });
-        request.set_timeout(Duration::from_secs(20));
-        let _ = KvClient::new(channel).put(request).await;
+        loop {
+            let mut request = tonic::Request::new(PutRequest {
+                key: b"held".to_vec(),
+                value: b"v".to_vec(),
+                prev_kv: false,
+            });
+            request.set_timeout(Duration::from_secs(20));
+            match KvClient::new(channel.clone()).put(request).await {
+                Err(s) if s.code() == Code::ResourceExhausted => continue,
+                _ => return,
+            }
+        }
     })
 }
 

@@ -215,6 +215,8 @@ impl Cluster for ClusterService {
                     linearizable_reads: core.read_path.reads.requests(),
                     read_index_rounds: core.read_path.reads.rounds(),
                     leadership_confirmations: core.read_path.confirm.rounds(),
+                    disk_free_bytes: core.disk.free_bytes(),
+                    disk_space_alarm: core.disk.alarm(),
                 }))
             })
             .await

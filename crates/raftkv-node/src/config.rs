@@ -252,6 +252,11 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTKV_MAX_CALLS_PER_CONNECTION", default_value_t = 1024)]
     pub max_calls_per_connection: usize,
 
+    /// Free space (MiB) the data directory's filesystem must keep: below it the node refuses
+    /// writes (RESOURCE_EXHAUSTED, `raftkv-error: no-space`) until space is freed.
+    #[arg(long, env = "RAFTKV_MIN_FREE_MB", default_value_t = 128)]
+    pub min_free_mb: u64,
+
     /// PEM certificate the client API serves TLS with (with --tls-key).
     #[arg(long, env = "RAFTKV_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -337,6 +342,7 @@ impl NodeConfig {
             auth_file: None,
             max_inflight_requests: 4096,
             max_calls_per_connection: 1024,
+            min_free_mb: 128,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,

@@ -15,6 +15,7 @@ use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreHandle};
 
 use crate::access::{AccessControl, Admission};
+use crate::disk_guard::DiskGuard;
 use crate::error::ApiError;
 use crate::membership::Removal;
 use crate::metrics::NodeMetrics;
@@ -36,6 +37,8 @@ pub struct NodeCore {
     /// Tokens and roles; `None` when the node runs without `--auth-file`.
     pub access: Option<Arc<AccessControl>>,
     pub admission: Admission,
+    /// Free-space alarm: writes are refused while it is on.
+    pub disk: DiskGuard,
 }
 
 impl NodeCore {
@@ -99,6 +102,13 @@ impl NodeCore {
     /// and waits until it is committed and applied here. With a `session`, a retry of a write
     /// already applied gets the first answer instead of applying again.
     pub async fn write(&self, command: Command, session: Option<ClientSession>) -> Result<SmResponse, ApiError> {
+        if self.disk.alarm() {
+            return Err(ApiError::NoSpace {
+                this: self.id,
+                free_mb: self.disk.free_bytes() / (1024 * 1024),
+                reserve_mb: self.disk.reserve_bytes() / (1024 * 1024),
+            });
+        }
         self.writes.write(command, session).await
     }
 

@@ -15,6 +15,7 @@
 //! | Unauthenticated  | UNAUTHENTICATED    | –               | no: send a valid token          |
 //! | PermissionDenied | PERMISSION_DENIED  | –               | no: use a token with the role   |
 //! | Overloaded       | RESOURCE_EXHAUSTED | `overloaded`    | yes, after a backoff            |
+//! | NoSpace          | RESOURCE_EXHAUSTED | `no-space`      | no: free disk space first       |
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use raftkv_proto::{error_kind, metadata};
@@ -52,6 +53,12 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("node {this} is overloaded: it is already running {limit} calls (--max-inflight-requests); retry after a backoff")]
     Overloaded { this: NodeId, limit: usize },
+    #[error("node {this} refuses writes: its disk is nearly full ({free_mb} MiB free, --min-free-mb {reserve_mb}). Reads still work; writes resume by themselves once space is freed")]
+    NoSpace {
+        this: NodeId,
+        free_mb: u64,
+        reserve_mb: u64,
+    },
 }
 
 impl ApiError {
@@ -101,6 +108,7 @@ impl ApiError {
             Self::Indeterminate(_) => Some(error_kind::INDETERMINATE),
             Self::Removed(_) => Some(error_kind::REMOVED),
             Self::Overloaded { .. } => Some(error_kind::OVERLOADED),
+            Self::NoSpace { .. } => Some(error_kind::NO_SPACE),
             Self::Unauthenticated(_)
             | Self::PermissionDenied(_)
             | Self::InvalidArgument(_)
@@ -122,7 +130,7 @@ impl ApiError {
             }
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::Overloaded { .. } | Self::NoSpace { .. } => Code::ResourceExhausted,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod cluster_service;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod disk_guard;
 pub mod election_assist;
 pub mod error;
 pub mod health;

@@ -44,6 +44,8 @@ pub struct NodeMetrics {
     snapshot_index: IntGauge,
     purged_index: IntGauge,
     db_size_bytes: IntGauge,
+    disk_free_bytes: IntGauge,
+    disk_space_alarm: IntGauge,
     replication_lag: IntGaugeVec,
     millis_since_quorum_ack: IntGauge,
     serving: IntGauge,
@@ -130,6 +132,16 @@ impl NodeMetrics {
             )?,
             purged_index: gauge(&registry, "purged_index", "Highest log index purged from the log")?,
             db_size_bytes: gauge(&registry, "db_size_bytes", "Bytes the data directory holds on disk")?,
+            disk_free_bytes: gauge(
+                &registry,
+                "disk_free_bytes",
+                "Free bytes on the data directory's filesystem at the last check",
+            )?,
+            disk_space_alarm: gauge(
+                &registry,
+                "disk_space_alarm",
+                "1 while free space is below --min-free-mb and writes are refused",
+            )?,
             millis_since_quorum_ack: gauge(
                 &registry,
                 "leader_millis_since_quorum_ack",
@@ -236,6 +248,8 @@ impl NodeMetrics {
             self.committed_index.set(as_i64(committed.map_or(0, |c| c.index)));
         }
         self.db_size_bytes.set(as_i64(core.store.size_on_disk()));
+        self.disk_free_bytes.set(as_i64(core.disk.free_bytes()));
+        self.disk_space_alarm.set(i64::from(core.disk.alarm()));
         self.replication_lag.reset();
         if let Some(replication) = &m.replication {
             for (follower, matched) in replication {

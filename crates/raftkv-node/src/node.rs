@@ -22,6 +22,7 @@ use crate::access::{AccessControl, Admission};
 use crate::cluster_service::ClusterService;
 use crate::config::{NodeConfig, MAX_VALUE_BYTES};
 use crate::core::NodeCore;
+use crate::disk_guard::DiskGuard;
 use crate::election_assist::ElectionAssist;
 use crate::health::{self, HealthState};
 use crate::identity;
@@ -113,6 +114,11 @@ impl RunningNode {
             tokio::task::spawn_blocking(move || raftkv_store::open_observed(&data_dir, &store_config, observer))
                 .await
                 .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))??;
+        verify_store(&config.data_dir, &store.handle).await?;
+        let disk = DiskGuard::new(config.data_dir.clone(), config.min_free_mb.saturating_mul(1024 * 1024));
+        if let Err(e) = disk.check() {
+            tracing::warn!(dir = %config.data_dir.display(), "cannot read free disk space: {e}");
+        }
         let summary = store.handle.summary()?;
         startup::check_store(&config.data_dir.display().to_string(), &summary)?;
         let identity = identity::ensure(&config.data_dir, config.id, found_identity, summary.is_pristine())?;
@@ -161,6 +167,7 @@ impl RunningNode {
             writes: WriteBatcher::new(config.id, raft.clone(), crate::core::now_millis),
             access,
             admission: Admission::new(config.max_inflight_requests),
+            disk: disk.clone(),
         };
 
         let assist = ElectionAssist::new(
@@ -216,6 +223,7 @@ impl RunningNode {
         );
         let health = HealthState::default();
         let mut background = vec![
+            disk.spawn(shutdown_rx.clone()),
             tokio::spawn(watch_leadership(core.clone(), shutdown_rx.clone())),
             health::spawn_checker(
                 core.clone(),
@@ -306,6 +314,31 @@ impl RunningNode {
         }
         tracing::info!(id = self.id, "stopped");
     }
+}
+
+/// Checks every stored payload's checksum before the node serves anything from them.
+async fn verify_store(dir: &std::path::Path, handle: &raftkv_store::StoreHandle) -> Result<(), StartupError> {
+    let started = std::time::Instant::now();
+    let h = handle.clone();
+    let report = tokio::task::spawn_blocking(move || h.verify())
+        .await
+        .map_err(|e| StartupError::Io(format!("store check task failed: {e}")))?
+        .map_err(|e| match e {
+            raftkv_store::StoreError::Corrupt { what, detail } => StartupError::DamagedDataDir {
+                dir: dir.display().to_string(),
+                what,
+                detail,
+            },
+            other => StartupError::Store(other),
+        })?;
+    tracing::info!(
+        log_entries = report.log_entries,
+        state_records = report.state_records,
+        snapshot_bytes = report.snapshot_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checked every stored payload's checksum"
+    );
+    Ok(())
 }
 
 /// `builder` serving TLS with `tls`, when it is set.

@@ -34,6 +34,10 @@ pub enum StartupError {
     },
     #[error("data dir {dir} is inconsistent: {detail}")]
     InconsistentDataDir { dir: String, detail: String },
+    #[error("data dir {dir} is damaged: {what} is corrupt ({detail}). This node's copy cannot be trusted and it will not start. \
+             If the rest of the cluster is healthy, remove this node (raftkv member remove ID) and add a new one with an empty data dir: \
+             it copies the data from the others (docs/operations.md, \"Replacing a node\"). A single-node cluster: restore from a backup")]
+    DamagedDataDir { dir: String, what: String, detail: String },
     #[error("cannot listen on {addr}: {source} (is another raftkvd already running there?)")]
     Bind {
         addr: String,

@@ -56,4 +56,7 @@ pub mod error_kind {
     /// The node is running as many calls as it allows (`--max-inflight-requests`); this one did
     /// not start. Retry after a backoff, or on another node.
     pub const OVERLOADED: &str = "overloaded";
+    /// The node's disk is nearly full (`--min-free-mb`); it refuses writes until space is
+    /// freed. Reads still work.
+    pub const NO_SPACE: &str = "no-space";
 }

@@ -1,10 +1,13 @@
 //! The one place raftkv turns its types into bytes and back.
 //!
 //! Every payload raftkv stores (log entries, votes, state-machine records, snapshots) or sends
-//! between nodes is a *versioned envelope*: one format byte followed by a bincode 2 body
-//! (`config::standard()`, varint integers). bincode is positional, so any change to a stored
-//! type's fields must bump [`FORMAT_VERSION`] and teach [`decode`] the old layout; an unknown
-//! version is refused loudly instead of being misread.
+//! between nodes is a *versioned envelope*: one format byte, then (format 2) a CRC-32 of the
+//! body, little-endian, then a bincode 2 body (`config::standard()`, varint integers). The
+//! checksum makes a flipped bit on disk or on the wire a loud [`CodecError::Checksum`] instead
+//! of a silently different value. Format 1 (no checksum) is still read, for data written
+//! before it existed. bincode is positional, so any change to a stored type's fields must bump
+//! [`FORMAT_VERSION`] and teach [`decode`] the old layout; an unknown version is refused
+//! loudly instead of being misread.
 //!
 //! Decoding never panics on bad input and never trusts a length prefix beyond
 //! [`MAX_DECODE_BYTES`], so garbage from the disk or the network becomes a [`CodecError`].
@@ -13,7 +16,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The envelope format written by this build.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// The first format: no checksum. Read, never written.
+const FORMAT_V1: u8 = 1;
 
 /// Largest body [`decode`] accepts. Peer messages are capped below this by the transport.
 pub const MAX_DECODE_BYTES: usize = 256 * 1024 * 1024;
@@ -31,6 +36,8 @@ pub enum CodecError {
     UnsupportedVersion { found: u8 },
     #[error("malformed payload: {0}")]
     Decode(#[from] bincode::error::DecodeError),
+    #[error("payload checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the bytes were damaged after they were written")]
+    Checksum { stored: u32, computed: u32 },
     #[error("payload has {extra} trailing bytes after the value")]
     TrailingBytes { extra: usize },
     #[error("cannot encode payload: {0}")]
@@ -41,16 +48,40 @@ pub enum CodecError {
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(64);
     out.push(FORMAT_VERSION);
+    out.extend_from_slice(&[0; 4]);
     bincode::serde::encode_into_std_write(value, &mut out, config())?;
+    let crc = crc32fast::hash(&out[5..]);
+    out[1..5].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
+}
+
+/// Checks an envelope's format and checksum without decoding it (format 1 has no checksum to
+/// check): the start-up scan of every stored payload.
+pub fn verify(bytes: &[u8]) -> Result<(), CodecError> {
+    let (&version, rest) = bytes.split_first().ok_or(CodecError::Empty)?;
+    match version {
+        FORMAT_VERSION => {
+            let (crc, body) = rest.split_at_checked(4).ok_or(CodecError::Empty)?;
+            let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+            let computed = crc32fast::hash(body);
+            if stored == computed {
+                Ok(())
+            } else {
+                Err(CodecError::Checksum { stored, computed })
+            }
+        }
+        FORMAT_V1 => Ok(()),
+        found => Err(CodecError::UnsupportedVersion { found }),
+    }
 }
 
 /// Decodes a versioned envelope written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::UnsupportedVersion { found: version });
-    }
+    verify(bytes)?;
+    let body = match bytes[0] {
+        FORMAT_V1 => &bytes[1..],
+        _ => &bytes[5..],
+    };
     let (value, used) = bincode::serde::decode_from_slice(body, config())?;
     if used != body.len() {
         return Err(CodecError::TrailingBytes {
@@ -122,8 +153,32 @@ mod tests {
     }
 
     #[test]
+    fn a_flipped_bit_anywhere_is_a_checksum_error() {
+        let bytes = encode(&sample_request()).unwrap();
+        for i in 1..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x10;
+            assert!(
+                matches!(decode::<Request>(&damaged), Err(CodecError::Checksum { .. })),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn format_1_payloads_without_a_checksum_are_still_read() {
+        let v2 = encode(&sample_request()).unwrap();
+        let mut v1 = vec![FORMAT_V1];
+        v1.extend_from_slice(&v2[5..]);
+        assert_eq!(decode::<Request>(&v1).unwrap(), sample_request());
+    }
+
+    #[test]
     fn trailing_bytes_are_refused() {
-        let mut bytes = encode(&sample_request()).unwrap();
+        // Trailing bytes under a valid checksum (a format-1 payload has none to check).
+        let v2 = encode(&sample_request()).unwrap();
+        let mut bytes = vec![FORMAT_V1];
+        bytes.extend_from_slice(&v2[5..]);
         bytes.push(0);
         assert!(matches!(
             decode::<Request>(&bytes),
@@ -142,7 +197,8 @@ mod tests {
         }
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         for len in 0..512usize {
-            let mut buf = vec![FORMAT_VERSION];
+            // Format 1 has no checksum, so the garbage reaches bincode itself.
+            let mut buf = vec![FORMAT_V1];
             for _ in 0..len {
                 state ^= state << 13;
                 state ^= state >> 7;
@@ -151,9 +207,11 @@ mod tests {
             }
             let _ = decode::<Request>(&buf);
             let _ = decode::<crate::types::Entry>(&buf);
+            buf[0] = FORMAT_VERSION;
+            let _ = decode::<Request>(&buf);
         }
         // A length prefix claiming u64::MAX bytes for the key.
-        let mut huge = vec![FORMAT_VERSION, 0, 0, 0, 0];
+        let mut huge = vec![FORMAT_V1, 0, 0, 0, 0];
         huge.extend_from_slice(&[0xFF; 9]);
         assert!(decode::<Request>(&huge).is_err());
     }
