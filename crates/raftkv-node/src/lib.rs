@@ -36,6 +36,7 @@ pub mod node;
 pub mod peer_service;
 pub mod read_index;
 pub mod request;
+pub mod request_size;
 pub mod startup;
 pub mod tls;
 pub mod write_batcher;

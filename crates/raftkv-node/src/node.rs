@@ -33,6 +33,7 @@ use crate::metrics::{self, NodeMetrics};
 use crate::network::{IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES};
 use crate::peer_service::PeerService;
 use crate::read_index::ReadPath;
+use crate::request_size::RequestSize;
 use crate::startup::{self, StartupError};
 use crate::tls::NodeTls;
 use crate::write_batcher::WriteBatcher;
@@ -197,8 +198,12 @@ impl RunningNode {
             peer_listener,
             shutdown_rx.clone(),
         );
-        let kv = KvServer::new(KvService::new(core.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
-        let cluster = ClusterServer::new(ClusterService::new(core.clone()));
+        let kv = RequestSize::new(
+            KvServer::new(KvService::new(core.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+            MAX_CLIENT_MESSAGE_BYTES,
+        );
+        // Its requests are small: gRPC's default 4 MiB decoding limit applies.
+        let cluster = RequestSize::new(ClusterServer::new(ClusterService::new(core.clone())), 4 * 1024 * 1024);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(raftkv_proto::FILE_DESCRIPTOR_SET)

@@ -118,6 +118,36 @@ pub struct VerifyReport {
     pub snapshot_bytes: usize,
 }
 
+/// How long [`open_sled`] waits for a previous user of the same database in this process to
+/// let go of its file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled. A database closed a moment ago in this same process (a restart in tests, or an
+/// embedder reopening) may still be locked while sled's background flusher winds down, so a
+/// lock conflict is retried for up to [`LOCK_WAIT`]; another process holding it is reported.
+fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::io(
+                        path,
+                        std::io::Error::other(format!("{e} (is another raftkvd using this data dir?)")),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Opens (creating if needed) the store in `dir`.
 pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
     open_observed(dir, config, std::sync::Arc::new(NoTimings))
@@ -130,11 +160,7 @@ pub fn open_observed(
     observer: std::sync::Arc<dyn StoreObserver>,
 ) -> Result<Store, StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    let db = sled::Config::new()
-        .path(dir.join("db"))
-        .cache_capacity(config.cache_capacity_bytes)
-        .mode(sled::Mode::HighThroughput)
-        .open()?;
+    let db = open_sled(&dir.join("db"), config.cache_capacity_bytes)?;
     let db = DurableDb::new(db, &dir.join("db")).map_err(|e| StoreError::io(&dir.join("db"), e))?;
     let log_store = LogStore::open(&db, observer.clone())?;
     let snapshots = SnapshotFiles::new(dir.join("snapshot"))?;
