@@ -46,13 +46,7 @@ impl Authority {
         ];
         let key = KeyPair::generate().map_err(err(name))?;
         let cert = params.self_signed(&key).map_err(err(name))?;
-        written.push(write(dir, &format!("{name}.pem"), cert.pem().as_bytes(), false)?);
-        written.push(write(
-            dir,
-            &format!("{name}-key.pem"),
-            key.serialize_pem().as_bytes(),
-            true,
-        )?);
+        write_pair(dir, name, &cert, &key, written)?;
         Ok(Self {
             issuer: Issuer::new(params, key),
         })
@@ -74,15 +68,26 @@ impl Authority {
         params.extended_key_usages = usages;
         let key = KeyPair::generate().map_err(err(name))?;
         let cert = params.signed_by(&key, &self.issuer).map_err(err(name))?;
-        written.push(write(dir, &format!("{name}.pem"), cert.pem().as_bytes(), false)?);
-        written.push(write(
-            dir,
-            &format!("{name}-key.pem"),
-            key.serialize_pem().as_bytes(),
-            true,
-        )?);
-        Ok(())
+        write_pair(dir, name, &cert, &key, written)
     }
+}
+
+/// Writes `NAME.pem` (the certificate) and `NAME-key.pem` (its key, owner-only).
+fn write_pair(
+    dir: &Path,
+    name: &str,
+    cert: &rcgen::Certificate,
+    key: &KeyPair,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    written.push(write(dir, &format!("{name}.pem"), cert.pem().as_bytes(), false)?);
+    written.push(write(
+        dir,
+        &format!("{name}-key.pem"),
+        key.serialize_pem().as_bytes(),
+        true,
+    )?);
+    Ok(())
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8], secret: bool) -> Result<PathBuf, String> {
