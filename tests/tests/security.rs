@@ -151,8 +151,8 @@ async fn joining_a_cluster_with_tokens_needs_an_admin_join_token() -> anyhow::Re
 }
 
 /// - Each limit of one request admits a request exactly at it and refuses one just past it,
-///   with a message naming the limit: key bytes, value bytes, operations per transaction, and
-///   the size of the whole request.
+///   with a message naming the limit: key bytes, value bytes, keys per Range reply, operations
+///   per transaction, and the size of the whole request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_limit_admits_its_value_and_refuses_one_more() -> anyhow::Result<()> {
     let cluster = InProcessCluster::start(3).await?;
@@ -178,6 +178,13 @@ async fn each_request_limit_admits_its_value_and_refuses_one_more() -> anyhow::R
         success: (0..n).map(|i| txn::put(format!("t{i}"), "v")).collect(),
         failure: vec![],
     };
+    let range = |limit: u64| raftkv_client::pb::RangeRequest {
+        prefix: b"t".to_vec(),
+        limit,
+        ..Default::default()
+    };
+    client.range(range(10_000), None).await?;
+    invalid(client.range(range(10_001), None).await.map(|_| ()), "10000");
     client.txn(ops(128), None).await?;
     invalid(client.txn(ops(129), None).await.map(|_| ()), "the limit is 128");
 

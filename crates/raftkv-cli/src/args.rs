@@ -226,7 +226,7 @@ pub struct RangeArgs {
     /// All keys starting with this prefix.
     #[arg(long, conflicts_with_all = ["start", "end"])]
     pub prefix: Option<String>,
-    /// At most this many keys (the server caps it at 10000).
+    /// At most this many keys (at most 10000; 0: all, paged by 10000).
     #[arg(long, default_value_t = 0)]
     pub limit: u64,
     /// Print keys only.

@@ -139,7 +139,13 @@ pub fn range_query(r: &RangeRequest) -> Result<RangeQuery, ApiError> {
     };
     let limit = match r.limit {
         0 => MAX_RANGE_LIMIT,
-        n => n.min(MAX_RANGE_LIMIT),
+        n if n > MAX_RANGE_LIMIT => {
+            return Err(invalid(format!(
+                "limit {n} is over the most key-values one Range reply holds, {MAX_RANGE_LIMIT}; \
+                 ask for at most that many and page on with next_key (limit 0 pages by {MAX_RANGE_LIMIT})"
+            )))
+        }
+        n => n,
     };
     Ok(RangeQuery {
         start,
@@ -333,6 +339,24 @@ mod tests {
             (&b"user/"[..], Some(&b"user0"[..]))
         );
         assert_eq!(q.limit as u64, MAX_RANGE_LIMIT);
+    }
+
+    #[test]
+    fn a_range_limit_over_the_reply_cap_is_refused_naming_it() {
+        let at = RangeRequest {
+            prefix: b"a".to_vec(),
+            limit: MAX_RANGE_LIMIT,
+            ..Default::default()
+        };
+        assert_eq!(range_query(&at).unwrap().limit as u64, MAX_RANGE_LIMIT);
+        let over = RangeRequest {
+            limit: MAX_RANGE_LIMIT + 1,
+            ..at
+        };
+        match range_query(&over) {
+            Err(ApiError::InvalidArgument(m)) => assert!(m.contains("10000"), "{m}"),
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
     }
 
     #[test]
