@@ -130,12 +130,15 @@ start_node() {
   port_taken "$mp" && die "port $mp (node $n metrics) is already in use; stop what listens there or set RAFTKV_METRICS_PORT_BASE"
   mkdir -p "$DIR"
   # The initial members get the initial cluster (ignored on restart); added nodes join.
+  # (die inside $(...) would only end the subshell)
+  local tls
+  tls="$(tls_flags "$n")" || exit 1
   local membership=(--initial-cluster "$(initial_cluster)")
   if (( n > NODES )); then membership=(--join "${JOIN:-$(endpoints)}"); fi
   # shellcheck disable=SC2086
   nohup "$RAFTKVD" --id "$n" --data-dir "$DIR/node$n" \
     --client-addr "127.0.0.1:$cp" --peer-addr "127.0.0.1:$pp" --metrics-addr "127.0.0.1:$mp" \
-    "${membership[@]}" $(tls_flags "$n") ${RAFTKV_NODE_FLAGS:-} \
+    "${membership[@]}" $tls ${RAFTKV_NODE_FLAGS:-} \
     >>"$(logfile "$n")" 2>&1 </dev/null &
   echo $! >"$(pidfile "$n")"
   echo "node $n started (pid $!, client 127.0.0.1:$cp, peer 127.0.0.1:$pp, metrics http://127.0.0.1:$mp/metrics)"

@@ -150,7 +150,9 @@ pub async fn run(cli: Cli) -> u8 {
     let bench_client = bench::driver::ClientSettings {
         timeout: cli.timeout.0,
         token: config.token.clone(),
+        tls: config.tls.clone(),
     };
+
     let client = match Client::new(config) {
         Ok(c) => c,
         Err(e) => return fail(e),

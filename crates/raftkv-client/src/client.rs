@@ -178,6 +178,10 @@ fn classify(status: &Status) -> (Failure, bool) {
         Some(error_kind::INDETERMINATE) => (Failure::Unknown(message), false),
         // Refused before it started: back off, and try elsewhere.
         Some(error_kind::OVERLOADED) => (Failure::NotStarted(message), false),
+        // The per-connection call limit (gRPC's own load shedding, no raftkv kind): the same.
+        None if status.code() == Code::ResourceExhausted && status.message().contains("Too many active requests") => {
+            (Failure::NotStarted(message), false)
+        }
         _ => match status.code() {
             Code::Unavailable if is_connect_error(status) => (Failure::NotStarted(message), true),
             // A plaintext client talking to a TLS port fails HTTP/2 framing before the call

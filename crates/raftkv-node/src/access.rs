@@ -1,6 +1,6 @@
 //! Who may call what on the client API: `AccessControl` (tokens and roles) and `Admission`
-//! (how many calls may run at once). Both are checked by [`NodeCore::serve`] before a call's
-//! handler runs, so a refused call costs no Raft or storage work.
+//! (how many calls may run at once). Both are checked by the [`ClientGate`] from a call's
+//! headers, before its body is read, so a refused call costs no decoding, Raft or storage work.
 //!
 //! **Tokens.** With `--auth-file`, every client call must carry `authorization: Bearer TOKEN`.
 //! The file holds one token per line, `NAME ROLE TOKEN` (`#` starts a comment); ROLE is one of
@@ -15,7 +15,7 @@
 //! refused at once with RESOURCE_EXHAUSTED (`raftkv-error: overloaded`) instead of queueing
 //! without bound, and clients back off and retry.
 //!
-//! [`NodeCore::serve`]: crate::core::NodeCore::serve
+//! [`ClientGate`]: crate::gate::ClientGate
 
 use std::collections::HashMap;
 use std::fmt;
@@ -89,10 +89,13 @@ impl AccessControl {
         let mut by_token = HashMap::new();
         let mut names = HashMap::new();
         for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
+            // `#` starts a comment at the start of a line or after a space, never inside a token.
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let line = line.split(" #").next().unwrap_or_default();
+            let line = line.split("\t#").next().unwrap_or_default();
             let at = || format!("line {}", n + 1);
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [name, role, token] = fields[..] else {
@@ -104,6 +107,12 @@ impl AccessControl {
             };
             let role = Role::parse(role)
                 .ok_or_else(|| format!("{}: role {role:?} is not one of read, readwrite, admin", at()))?;
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "{}: the token of {name:?} must be printable ASCII (what gRPC metadata can carry)",
+                    at()
+                ));
+            }
             if token.len() < 16 {
                 return Err(format!(
                     "{}: the token of {name:?} is {} characters; use at least 16 (e.g. `openssl rand -hex 16`)",
@@ -270,6 +279,12 @@ carol    admin      cccccccccccccccc
         assert!(err("a read aaaaaaaaaaaaaaaa\na admin bbbbbbbbbbbbbbbb").contains("line 2: name \"a\" is used twice"));
         assert!(err("a read aaaaaaaaaaaaaaaa\nb admin aaaaaaaaaaaaaaaa").contains("already given"));
         assert!(err("# nothing\n\n").contains("holds no token"));
+        assert!(err("a read aaaaaaaaaaaaaaaaé").contains("printable ASCII"));
+        let hashed = AccessControl::parse("a read aaaa#aaaaaaaaaaaaaaa # a comment\n").unwrap();
+        assert!(
+            hashed.authorize("Get", &with_token("aaaa#aaaaaaaaaaaaaaa")).is_ok(),
+            "# inside a token is part of it"
+        );
     }
 
     #[test]

@@ -423,6 +423,11 @@ impl NodeConfig {
                 "--tls-cert and --tls-key go together (and --tls-client-ca needs them)".into(),
             ));
         }
+        if !self.join.is_empty() && self.tls_cert.is_some() && self.tls_client_ca.is_none() {
+            return Err(ConfigError::Tls(
+                "--join to a TLS cluster needs --tls-client-ca: the CA the other nodes' client-API certificates are checked against".into(),
+            ));
+        }
         let peer = [&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca];
         if peer.iter().any(|p| p.is_some()) && !peer.iter().all(|p| p.is_some()) {
             return Err(ConfigError::Tls(

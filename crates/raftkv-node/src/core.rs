@@ -14,7 +14,6 @@ use raftkv_store::command::{ClientSession, Command, Response as SmResponse};
 use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreHandle};
 
-use crate::access::{AccessControl, Admission};
 use crate::disk_guard::DiskGuard;
 use crate::error::ApiError;
 use crate::membership::Removal;
@@ -34,18 +33,14 @@ pub struct NodeCore {
     pub removal: Removal,
     pub peers: PeerNetwork,
     pub writes: WriteBatcher,
-    /// Tokens and roles; `None` when the node runs without `--auth-file`.
-    pub access: Option<Arc<AccessControl>>,
-    pub admission: Admission,
     /// Free-space alarm: writes are refused while it is on.
     pub disk: DiskGuard,
 }
 
 impl NodeCore {
     /// Runs one client API call: in a tracing span carrying the node, the RPC, the client's
-    /// request id and the term, timed and counted by status code. The caller's token is
-    /// checked first, then the call takes an admission slot for as long as its handler runs
-    /// (see [`crate::access`]).
+    /// request id and the term, timed and counted by status code. Tokens and call slots were
+    /// dealt with before the request was decoded ([`crate::gate`]).
     pub async fn serve<T, R, F, Fut>(
         &self,
         rpc: &'static str,
@@ -66,13 +61,9 @@ impl NodeCore {
         let span = tracing::info_span!("request", node = self.id, rpc, request_id = %request_id, term);
         let call = async {
             // A removed node still answers Status (operators need to see it), nothing else.
-            if let Some(access) = &self.access {
-                access.authorize(rpc, request.metadata())?;
-            }
             if self.removal.is_removed() && rpc != "Status" {
                 return Err(ApiError::Removed(self.id).into());
             }
-            let _slot = self.admission.admit(self.id)?;
             handler(request).await
         };
         let result = self.metrics.observe(rpc, call).instrument(span.clone()).await;

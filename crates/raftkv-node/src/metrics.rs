@@ -216,6 +216,11 @@ impl NodeMetrics {
         result
     }
 
+    /// Counts a call answered without reaching its handler (refused at the gate).
+    pub fn count(&self, rpc: &str, code: tonic::Code) {
+        self.requests.with_label_values(&[rpc, &format!("{code:?}")]).inc();
+    }
+
     /// Sets a counter that mirrors a monotonic value kept elsewhere.
     fn mirror(counter: &IntCounter, value: u64) {
         let current = counter.get();

@@ -24,6 +24,7 @@ use crate::config::{NodeConfig, MAX_VALUE_BYTES};
 use crate::core::NodeCore;
 use crate::disk_guard::DiskGuard;
 use crate::election_assist::ElectionAssist;
+use crate::gate::{ClientGate, GateConfig};
 use crate::health::{self, HealthState};
 use crate::identity;
 use crate::join;
@@ -33,7 +34,6 @@ use crate::metrics::{self, NodeMetrics};
 use crate::network::{IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES};
 use crate::peer_service::PeerService;
 use crate::read_index::ReadPath;
-use crate::request_size::RequestSize;
 use crate::startup::{self, StartupError};
 use crate::tls::NodeTls;
 use crate::write_batcher::WriteBatcher;
@@ -104,6 +104,13 @@ impl RunningNode {
             Some(path) => Some(Arc::new(AccessControl::load(path).map_err(StartupError::Io)?)),
             None => None,
         };
+        if access.is_some() && tls.peer_server.is_none() && !config.peer_addr.ip().is_loopback() {
+            tracing::warn!(
+                peer_addr = %config.peer_addr,
+                "tokens guard the client API only: without --peer-tls-* anyone who reaches the peer port can send Raft messages; \
+                 turn on peer TLS or firewall the peer port"
+            );
+        }
         let found_identity = identity::load(&config.data_dir, config.id)?;
         let store_config = StoreConfig {
             cache_capacity_bytes: config.cache_mb * 1024 * 1024,
@@ -114,7 +121,16 @@ impl RunningNode {
         let store =
             tokio::task::spawn_blocking(move || raftkv_store::open_observed(&data_dir, &store_config, observer))
                 .await
-                .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))??;
+                .map_err(|e| StartupError::Io(format!("store open task failed: {e}")))?
+                .map_err(|e| match e {
+                    // A record read while opening (last applied index, cluster id...) is damaged.
+                    raftkv_store::StoreError::Codec(c) => StartupError::DamagedDataDir {
+                        dir: config.data_dir.display().to_string(),
+                        what: format!("a record read at open in {}", config.data_dir.join("db").display()),
+                        detail: c.to_string(),
+                    },
+                    other => other.into(),
+                })?;
         verify_store(&config.data_dir, &store.handle).await?;
         let disk = DiskGuard::new(config.data_dir.clone(), config.min_free_mb.saturating_mul(1024 * 1024));
         if let Err(e) = disk.check() {
@@ -166,8 +182,6 @@ impl RunningNode {
             removal: removal.clone(),
             peers: network.clone(),
             writes: WriteBatcher::new(config.id, raft.clone(), crate::core::now_millis),
-            access,
-            admission: Admission::new(config.max_inflight_requests),
             disk: disk.clone(),
         };
 
@@ -198,12 +212,23 @@ impl RunningNode {
             peer_listener,
             shutdown_rx.clone(),
         );
-        let kv = RequestSize::new(
+        let gate = Arc::new(GateConfig {
+            node: config.id,
+            access,
+            admission: Admission::new(config.max_inflight_requests),
+            metrics: metrics.clone(),
+        });
+        let kv = ClientGate::new(
             KvServer::new(KvService::new(core.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+            gate.clone(),
             MAX_CLIENT_MESSAGE_BYTES,
         );
         // Its requests are small: gRPC's default 4 MiB decoding limit applies.
-        let cluster = RequestSize::new(ClusterServer::new(ClusterService::new(core.clone())), 4 * 1024 * 1024);
+        let cluster = ClientGate::new(
+            ClusterServer::new(ClusterService::new(core.clone())),
+            gate,
+            4 * 1024 * 1024,
+        );
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(raftkv_proto::FILE_DESCRIPTOR_SET)

@@ -112,6 +112,8 @@ pub struct ClientSettings {
     pub timeout: Duration,
     /// Access token, for clusters started with `--auth-file`.
     pub token: Option<raftkv_client::Token>,
+    /// TLS, for clusters started with `--tls-cert`.
+    pub tls: Option<raftkv_client::ClientTls>,
 }
 
 impl Driver {
@@ -128,6 +130,7 @@ impl Driver {
                 let mut config = ClientConfig::parse(endpoints)?;
                 config.timeout = client.timeout;
                 config.token = client.token.clone();
+                config.tls = client.tls.clone();
                 if target == Target::Leader {
                     let probe = Client::new(config.clone())?;
                     let leader = Driver::Raftkv(vec![probe]).leader().await?;

@@ -1,43 +1,80 @@
-//! `RequestSize`: a request message over the client API's size limit is refused with
-//! RESOURCE_EXHAUSTED and a message naming the limit and what to do.
+//! `ClientGate`: the client API's front door, in front of the gRPC services, where a request
+//! is judged by its headers alone, before its body is read or decoded:
 //!
-//! gRPC itself (tonic) refuses such a message before any handler sees it, with OUT_OF_RANGE
-//! ("decoded message length too large"); that code tells a client nothing useful, and every
-//! other limit of ours answers INVALID_ARGUMENT or RESOURCE_EXHAUSTED. The refusal is a
-//! trailers-only response (the status is in the response headers), so this wrapper around a
-//! gRPC service rewrites those headers on the way out; nothing else passes through it changed.
+//! 1. **Token** ([`AccessControl`]): with `--auth-file`, a call without a valid token, or whose
+//!    token lacks the role its RPC needs, is refused here, so a stranger cannot make the node
+//!    buffer and decode request bodies.
+//! 2. **Admission** ([`Admission`]): a call takes one of `--max-inflight-requests` slots for
+//!    as long as its handler runs (until the response headers, for a stream); with none free
+//!    it is refused at once with RESOURCE_EXHAUSTED, so a flood is shed instead of queued.
+//! 3. **Request size**: gRPC (tonic) refuses a message over the decoding limit with
+//!    OUT_OF_RANGE ("decoded message length too large"), which tells a client nothing useful;
+//!    every other limit of ours answers INVALID_ARGUMENT or RESOURCE_EXHAUSTED. That refusal is
+//!    a trailers-only response (the status is in the response headers), so the gate rewrites
+//!    those headers on the way out.
+//!
+//! Refusals are counted in `raftkv_requests_total` by RPC and code, like every other answer.
+//! Health checks and reflection do not pass through the gate.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::codegen::http::{HeaderMap, Request, Response};
 use tonic::codegen::Service;
+use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-/// A gRPC service whose too-large-request refusals are renamed (see the module docs).
-#[derive(Debug, Clone)]
-pub struct RequestSize<S> {
-    inner: S,
-    limit: usize,
+use crate::access::{AccessControl, Admission};
+use crate::error::ApiError;
+use crate::metrics::NodeMetrics;
+
+/// What every gated service of a node shares.
+pub struct GateConfig {
+    pub node: u64,
+    pub access: Option<Arc<AccessControl>>,
+    pub admission: Admission,
+    pub metrics: Arc<NodeMetrics>,
 }
 
-impl<S> RequestSize<S> {
-    /// `limit`: the decoding limit `inner` was given, in bytes (named in the message).
-    pub fn new(inner: S, limit: usize) -> Self {
-        Self { inner, limit }
+impl GateConfig {
+    /// The token check, then a call slot.
+    fn admit(&self, rpc: &str, headers: &HeaderMap) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Some(access) = &self.access {
+            access.authorize(rpc, &MetadataMap::from_headers(headers.clone()))?;
+        }
+        self.admission.admit(self.node)
     }
 }
 
-impl<S: NamedService> NamedService for RequestSize<S> {
+/// A gRPC service behind the gate (see the module docs).
+#[derive(Clone)]
+pub struct ClientGate<S> {
+    inner: S,
+    config: Arc<GateConfig>,
+    /// The decoding limit `inner` was given, in bytes (named in the too-large message).
+    limit: usize,
+}
+
+impl<S> ClientGate<S> {
+    pub fn new(inner: S, config: Arc<GateConfig>, limit: usize) -> Self {
+        Self { inner, config, limit }
+    }
+}
+
+impl<S: NamedService> NamedService for ClientGate<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestSize<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientGate<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -48,10 +85,20 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let rpc = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+        let slot = match self.config.admit(&rpc, request.headers()) {
+            Ok(slot) => slot,
+            Err(e) => {
+                let status = Status::from(e);
+                self.config.metrics.count(&rpc, status.code());
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        };
         let limit = self.limit;
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
+            drop(slot);
             rename_too_large(response.headers_mut(), limit);
             Ok(response)
         })
