@@ -296,8 +296,14 @@ pub fn status_table(reports: &[NodeReport]) -> String {
         (_, None) => out.push_str("no node answered\n"),
     }
     for r in reports {
-        if let Err(e) = &r.status {
-            out.push_str(&format!("{}: {e}\n", r.addr));
+        match &r.status {
+            Err(e) => out.push_str(&format!("{}: {e}\n", r.addr)),
+            Ok(s) if s.disk_space_alarm => out.push_str(&format!(
+                "node {}: DISK NEARLY FULL ({} free): it refuses writes until space is freed\n",
+                s.id,
+                human_bytes(s.disk_free_bytes)
+            )),
+            Ok(_) => {}
         }
     }
     out
@@ -321,6 +327,8 @@ pub fn status_json(reports: &[NodeReport]) -> String {
                 "snapshot_index": s.snapshot_index,
                 "purged_index": s.purged_index,
                 "db_size_bytes": s.db_size_bytes,
+                "disk_free_bytes": s.disk_free_bytes,
+                "disk_space_alarm": s.disk_space_alarm,
                 "cluster_id": s.header.as_ref().map(|h| format!("{:016x}", h.cluster_id)),
             }),
             Err(e) => json!({
@@ -401,6 +409,16 @@ mod tests {
         assert!(table.contains("3.0 MiB"), "{table}");
         assert!(table.contains("1.5ms"), "{table}");
         assert_eq!(v["nodes"][0]["latency_ms"], 1.5);
+        assert_eq!(v["nodes"][0]["disk_space_alarm"], false);
+        assert!(!table.contains("DISK NEARLY FULL"), "{table}");
+
+        let mut full = up(2, Role::Follower);
+        if let Ok(s) = &mut full.status {
+            s.disk_space_alarm = true;
+            s.disk_free_bytes = 16 * 1024 * 1024;
+        }
+        let table = status_table(&[up(1, Role::Leader), full]);
+        assert!(table.contains("node 2: DISK NEARLY FULL (16.0 MiB free)"), "{table}");
     }
 
     #[test]
