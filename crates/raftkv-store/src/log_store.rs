@@ -202,23 +202,11 @@ impl LogStore {
 
     /// Checks the checksum of every entry held (O(n), at start); an error names the entry.
     pub fn verify(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for item in self.log.iter() {
-            let (key, bytes) = item?;
-            codec::verify(&bytes).map_err(|e| StoreError::Corrupt {
-                what: format!("Raft log entry {}", index_of(&key)),
-                detail: e.to_string(),
-            })?;
-            n += 1;
-        }
-        for item in self.meta.iter() {
-            let (key, bytes) = item?;
-            codec::verify(&bytes).map_err(|e| StoreError::Corrupt {
-                what: format!("Raft log record {:?}", String::from_utf8_lossy(&key)),
-                detail: e.to_string(),
-            })?;
-        }
-        Ok(n)
+        let entries = crate::verify_tree(&self.log, |key| format!("Raft log entry {}", index_of(key)))?;
+        crate::verify_tree(&self.meta, |key| {
+            format!("Raft log record {:?}", String::from_utf8_lossy(key))
+        })?;
+        Ok(entries)
     }
 
     /// Number of entries currently held in the log (O(n): for checks and tests, not hot paths).

@@ -90,6 +90,22 @@ impl SnapshotFiles {
         Ok(())
     }
 
+    /// Checks the current snapshot file's checksum without decoding it; returns its size (0
+    /// when there is none).
+    pub fn verify(&self) -> Result<usize, StoreError> {
+        let path = self.path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        codec::verify(&bytes).map_err(|e| StoreError::Corrupt {
+            what: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(bytes.len())
+    }
+
     /// The current snapshot, if one was ever saved.
     pub fn load(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
         let path = self.path();

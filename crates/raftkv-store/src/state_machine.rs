@@ -260,17 +260,9 @@ impl StateReader {
 
     /// Checks the checksum of every state record (O(n), at start); an error names the record.
     pub fn verify(&self) -> Result<usize, StoreError> {
-        let state = self.shared.state();
-        let mut n = 0;
-        for item in state.tree.iter() {
-            let (key, bytes) = item?;
-            codec::verify(&bytes).map_err(|e| StoreError::Corrupt {
-                what: format!("state record {:?}", String::from_utf8_lossy(&key)),
-                detail: e.to_string(),
-            })?;
-            n += 1;
-        }
-        Ok(n)
+        crate::verify_tree(&self.shared.state().tree, |key| {
+            format!("state record {:?}", String::from_utf8_lossy(key))
+        })
     }
 
     /// Whether the state holds any user key (for start-up consistency checks).
