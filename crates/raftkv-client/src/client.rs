@@ -295,7 +295,7 @@ impl Client {
         let client_id = config.client_id.unwrap_or_else(|| rand::random::<u64>() | 1);
         let authorization = match &config.token {
             Some(t) => Some(
-                MetadataValue::try_from(format!("Bearer {}", t.expose()))
+                MetadataValue::try_from(metadata::bearer(t.expose()))
                     .map_err(|_| ClientError::Config("the token is not valid gRPC metadata".into()))?,
             ),
             None => None,

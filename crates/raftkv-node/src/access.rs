@@ -160,7 +160,7 @@ impl AccessControl {
             .to_str()
             .map_err(|_| ApiError::Unauthenticated("the authorization metadata is not readable text".into()))?;
         let token = header
-            .strip_prefix("Bearer ")
+            .strip_prefix(metadata::BEARER_PREFIX)
             .ok_or_else(|| ApiError::Unauthenticated("the authorization metadata must read `Bearer TOKEN`".into()))?;
         self.by_token
             .get(token.trim())
@@ -225,7 +225,7 @@ carol    admin      cccccccccccccccc
         let mut md = MetadataMap::new();
         md.insert(
             metadata::AUTHORIZATION,
-            MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+            MetadataValue::try_from(metadata::bearer(token)).unwrap(),
         );
         md
     }

@@ -31,7 +31,7 @@ pub async fn join(
     tls: Option<ClientTlsConfig>,
     fatal: watch::Sender<Option<String>>,
 ) {
-    let authorization = match token.map(|t| MetadataValue::try_from(format!("Bearer {t}"))) {
+    let authorization = match token.map(|t| MetadataValue::try_from(metadata::bearer(&t))) {
         None => None,
         Some(Ok(v)) => Some(v),
         Some(Err(_)) => {

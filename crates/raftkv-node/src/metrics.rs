@@ -212,11 +212,12 @@ impl NodeMetrics {
         self.request_seconds
             .with_label_values(&[rpc])
             .observe(started.elapsed().as_secs_f64());
-        self.requests.with_label_values(&[rpc, &format!("{code:?}")]).inc();
+        self.count(rpc, code);
         result
     }
 
-    /// Counts a call answered without reaching its handler (refused at the gate).
+    /// Counts one answered call by RPC and code (also the calls refused at the gate, which
+    /// never reach a handler).
     pub fn count(&self, rpc: &str, code: tonic::Code) {
         self.requests.with_label_values(&[rpc, &format!("{code:?}")]).inc();
     }

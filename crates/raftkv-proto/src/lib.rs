@@ -36,8 +36,15 @@ pub mod metadata {
     /// forget those answers.
     pub const ACKED_BELOW: &str = "raftkv-acked-below";
 
-    /// `Bearer TOKEN`, on every call to a node started with `--auth-file`.
+    /// `Bearer TOKEN` ([`bearer`]), on every call to a node started with `--auth-file`.
     pub const AUTHORIZATION: &str = "authorization";
+    /// What precedes the token in [`AUTHORIZATION`].
+    pub const BEARER_PREFIX: &str = "Bearer ";
+
+    /// The [`AUTHORIZATION`] value carrying `token`.
+    pub fn bearer(token: &str) -> String {
+        format!("{BEARER_PREFIX}{token}")
+    }
 }
 
 /// Values of the [`metadata::ERROR_KIND`] key.
