@@ -44,9 +44,11 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 # command (and node start) of this script uses them.
 TLS_DIR="$DIR/tls"
 tls_on() { [[ -f "$TLS_DIR/ca.pem" ]]; }
-if tls_on; then
+# Points this script's own raftkv calls at the client certificate.
+use_tls_env() {
   export RAFTKV_CACERT="$TLS_DIR/ca.pem" RAFTKV_CERT="$TLS_DIR/client.pem" RAFTKV_KEY="$TLS_DIR/client-key.pem"
-fi
+}
+if tls_on; then use_tls_env; fi
 tls_flags() {
   local n="$1" t="$TLS_DIR"
   tls_on || return 0
@@ -188,7 +190,7 @@ case "$cmd" in
       mkdir -p "$DIR"
       # Spare certificates, so `add` works for a few more nodes.
       "$RAFTKV" certs --dir "$TLS_DIR" --nodes $((NODES + 6)) >/dev/null
-      export RAFTKV_CACERT="$TLS_DIR/ca.pem" RAFTKV_CERT="$TLS_DIR/client.pem" RAFTKV_KEY="$TLS_DIR/client-key.pem"
+      use_tls_env
       echo "TLS on: certificates in $TLS_DIR"
     elif [[ -n "${1:-}" && "${1:-}" != "--tls" ]]; then
       die "up takes no argument but --tls"

@@ -27,6 +27,20 @@ struct ProcNode {
     added: bool,
 }
 
+impl ProcNode {
+    /// A node not started yet, on three free loopback ports.
+    fn on_free_ports(flags: Vec<String>, added: bool) -> Self {
+        Self {
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            child: None,
+            flags,
+            added,
+        }
+    }
+}
+
 pub struct ProcessCluster {
     dir: TempDir,
     bin: PathBuf,
@@ -73,17 +87,7 @@ impl ProcessCluster {
         }
         cluster.extra_flags.extend(flags.iter().map(|s| s.to_string()));
         for id in 1..=n {
-            cluster.nodes.insert(
-                id,
-                ProcNode {
-                    client_port: free_port(),
-                    peer_port: free_port(),
-                    metrics_port: free_port(),
-                    child: None,
-                    flags: Vec::new(),
-                    added: false,
-                },
-            );
+            cluster.nodes.insert(id, ProcNode::on_free_ports(Vec::new(), false));
         }
         Ok(cluster)
     }
@@ -162,17 +166,7 @@ impl ProcessCluster {
     /// `Client::add_member`, or pass `--join` in `flags`); returns its `CLIENT@PEER`.
     pub fn start_added_node(&mut self, id: NodeId, flags: Vec<String>) -> anyhow::Result<String> {
         anyhow::ensure!(!self.nodes.contains_key(&id), "node {id} exists");
-        self.nodes.insert(
-            id,
-            ProcNode {
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
-                child: None,
-                flags,
-                added: true,
-            },
-        );
+        self.nodes.insert(id, ProcNode::on_free_ports(flags, true));
         self.start_node(id)?;
         let n = &self.nodes[&id];
         Ok(format!("127.0.0.1:{}@127.0.0.1:{}", n.client_port, n.peer_port))

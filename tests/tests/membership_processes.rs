@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use raftkv_client::pb::Role;
 use raftkv_client::{Client, ClientConfig};
 use raftkv_tests::process::ProcessCluster;
@@ -78,6 +80,21 @@ fn raftkv(args: &[&str]) -> std::process::Output {
         .expect("run raftkv")
 }
 
+/// Starts raftkvd as node `id` on a data dir made by `restore` or `recover` (no cluster flags:
+/// it is a one-node cluster already); the guard ends it.
+fn start_lone_node(id: &str, data_dir: &std::path::Path, client_addr: &str, peer_addr: &str) -> anyhow::Result<Guard> {
+    let data_dir = data_dir.to_str().context("a UTF-8 data dir")?;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    Ok(Guard(
+        Command::new(workspace_binary("raftkvd"))
+            .args(["--id", id, "--data-dir", data_dir, "--client-addr", client_addr])
+            .args(["--peer-addr", peer_addr, "--metrics-addr", &metrics_addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
+}
+
 fn raftkvd(args: &[&str]) -> std::process::Output {
     Command::new(workspace_binary("raftkvd"))
         .args(args)
@@ -136,7 +153,7 @@ async fn backup_and_restore_into_a_new_cluster() -> anyhow::Result<()> {
     }
 
     let data_dir = dir.path().join("restored");
-    let (client_port, peer_port, metrics_port) = (free_port(), free_port(), free_port());
+    let (client_port, peer_port) = (free_port(), free_port());
     let client_addr = format!("127.0.0.1:{client_port}");
     let peer_addr = format!("127.0.0.1:{peer_port}");
     let out = raftkvd(&[
@@ -153,26 +170,7 @@ async fn backup_and_restore_into_a_new_cluster() -> anyhow::Result<()> {
         &peer_addr,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let _node = Guard(
-        Command::new(workspace_binary("raftkvd"))
-            .args([
-                "--id",
-                "1",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--client-addr",
-                &client_addr,
-            ])
-            .args([
-                "--peer-addr",
-                &peer_addr,
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let _node = start_lone_node("1", &data_dir, &client_addr, &peer_addr)?;
     let restored = Client::new(ClientConfig::new([client_addr.clone()]))?;
     wait::until(T, "the restored node to lead", || async {
         let s = restored
@@ -330,26 +328,7 @@ async fn recover_from_quorum_loss_with_the_survivors_data() -> anyhow::Result<()
         &peer_addr,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let _node = Guard(
-        Command::new(workspace_binary("raftkvd"))
-            .args([
-                "--id",
-                "3",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--client-addr",
-                &client_addr,
-            ])
-            .args([
-                "--peer-addr",
-                &peer_addr,
-                "--metrics-addr",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let _node = start_lone_node("3", &data_dir, &client_addr, &peer_addr)?;
     let recovered = Client::new(ClientConfig::new([client_addr.clone()]))?;
     let got = wait::until(T, "the recovered cluster to serve", || async {
         recovered.get("last").await.ok()?.kv
