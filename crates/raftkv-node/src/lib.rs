@@ -1,46 +1,39 @@
-//! raftkv-node: one raftkv node — configuration, Raft wiring, the peer transport, the gRPC
-//! services and start-up/shutdown. The `raftkvd` binary is a thin wrapper around
-//! [`daemon::main`].
+//! raftkv-node: one raftkv node. The `raftkvd` binary is a thin wrapper around
+//! [`boot::daemon::main`].
 //!
-//! Module map:
-//! - [`config`]: `NodeConfig` (flags, env vars, defaults, `validate`) and API limits;
-//! - [`startup`]: start-up errors, data-dir checks, one-time cluster bootstrap; [`join`]:
-//!   joining an existing cluster;
-//! - [`identity`]: the data dir's identity file (owner id, incarnation);
-//! - [`node`]: `RunningNode` — start, serve, shut down;
-//! - [`core`]: the write path and read barrier the services share;
-//! - [`membership`]: adding, promoting and removing members; the removed-node state;
-//! - [`read_index`]: linearizable reads on any node, with batched read-index rounds;
-//! - [`kv_service`], [`cluster_service`]: the public gRPC API; [`request`]: validating and
-//!   converting its messages;
-//! - [`peer_service`], [`network`]: the node-to-node API, server and client sides;
-//! - [`error`]: `ApiError` and its one mapping to gRPC status codes;
-//! - [`metrics`], [`health`]: Prometheus metrics, health checks, /metrics /healthz /readyz.
+//! The crate is laid out in rooms by concern; each room's `mod.rs` says what it is for and
+//! what it may use:
+//!
+//! | room | what lives there | where a new … goes |
+//! |---|---|---|
+//! | [`boot`] | the `raftkvd` command line, `NodeConfig`, data-dir identity and checks, bootstrap, join, TLS, `RunningNode` | flag, start-up step, background task |
+//! | [`api`] | the public gRPC services, request validation and conversion, API limits, the one `ApiError` → gRPC mapping | RPC or public service (watch, leases) |
+//! | [`admission`] | the client gate: tokens and roles, call slots, request sizes, the disk-space guard | limit or kind of refusal |
+//! | [`consensus`] | `NodeCore` (write path, read barrier), write batching, read index, membership, removal, election assist, the peer transport | Raft mechanism, peer RPC, lease expiry |
+//! | [`ops`] | Prometheus metrics, health, the `/metrics` `/healthz` `/readyz` endpoints | metric or health condition |
+//!
+//! Dependency direction between rooms (an arrow is "may use"): boot → everything;
+//! api → consensus, ops::metrics; admission → ops::metrics; ops → consensus, admission;
+//! consensus → admission::disk_guard. Two leaves every room may use: `api::error` (the answers
+//! clients get) and `ops::metrics` (a sink that reads nothing). No file imports one that
+//! imports it back (tests/layout.rs checks it). An etcd-compatible API will be a room of its
+//! own beside `api`, sharing `consensus`.
 
-pub mod access;
-pub mod cluster_service;
-pub mod config;
-pub mod core;
-pub mod daemon;
-pub mod disk_guard;
-pub mod election_assist;
-pub mod error;
-pub mod gate;
-pub mod health;
-pub mod identity;
-pub mod join;
-pub mod kv_service;
-pub mod membership;
-pub mod metrics;
-pub mod network;
-pub mod node;
-pub mod peer_service;
-pub mod read_index;
-pub mod request;
-pub mod startup;
-pub mod tls;
-pub mod write_batcher;
+pub mod admission;
+pub mod api;
+pub mod boot;
+pub mod consensus;
+pub mod ops;
 
-pub use config::{InitialCluster, NodeConfig};
-pub use node::RunningNode;
-pub use startup::StartupError;
+pub use boot::config::{InitialCluster, NodeConfig};
+pub use boot::node::RunningNode;
+pub use boot::startup::StartupError;
+
+// The flat module paths of before the regrouping into rooms (2026-12), kept so code written
+// against them still compiles.
+pub use admission::{access, disk_guard, gate};
+pub use api::{cluster_service, error, kv_service, request};
+pub use boot::{config, daemon, identity, join, node, startup, tls};
+pub use consensus::transport::{network, peer_service};
+pub use consensus::{core, election_assist, membership, read_index, write_batcher};
+pub use ops::{health, metrics};

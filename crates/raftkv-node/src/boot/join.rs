@@ -60,7 +60,7 @@ pub async fn join(
             )));
             return;
         }
-        let Ok(mut endpoint) = Endpoint::from_shared(crate::tls::url(&target, tls.is_some())) else {
+        let Ok(mut endpoint) = Endpoint::from_shared(crate::consensus::transport::url(&target, tls.is_some())) else {
             continue;
         };
         if let Some(tls) = &tls {

@@ -1,26 +1,20 @@
 //! `NodeCore`: what the gRPC services share: the Raft handle, the store, and the write and read
-//! paths every client call goes through.
+//! paths every client call goes through. It knows nothing of metrics or health: those observe
+//! it ([`crate::ops`]), and the API times its calls itself ([`crate::api::call`]).
 
-use std::future::Future;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use raftkv_proto::metadata;
-use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use raftkv_proto::v1::{Consistency, ResponseHeader};
 use raftkv_store::command::{ClientSession, Command, Response as SmResponse};
 use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreHandle};
 
-use crate::disk_guard::DiskGuard;
-use crate::error::ApiError;
-use crate::membership::Removal;
-use crate::metrics::NodeMetrics;
-use crate::network::PeerNetwork;
-use crate::read_index::ReadPath;
-use crate::write_batcher::WriteBatcher;
+use crate::admission::disk_guard::DiskGuard;
+use crate::api::error::ApiError;
+use crate::consensus::read_index::ReadPath;
+use crate::consensus::removal::Removal;
+use crate::consensus::transport::network::PeerNetwork;
+use crate::consensus::write_batcher::WriteBatcher;
 
 /// Shared by the client-facing services of one node. Cheap to clone.
 #[derive(Clone)]
@@ -29,7 +23,6 @@ pub struct NodeCore {
     pub raft: Raft,
     pub store: StoreHandle,
     pub read_path: ReadPath,
-    pub metrics: Arc<NodeMetrics>,
     pub removal: Removal,
     pub peers: PeerNetwork,
     pub writes: WriteBatcher,
@@ -38,41 +31,6 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
-    /// Runs one client API call: in a tracing span carrying the node, the RPC, the client's
-    /// request id and the term, timed and counted by status code. Tokens and call slots were
-    /// dealt with before the request was decoded ([`crate::gate`]).
-    pub async fn serve<T, R, F, Fut>(
-        &self,
-        rpc: &'static str,
-        request: Request<T>,
-        handler: F,
-    ) -> Result<Response<R>, Status>
-    where
-        F: FnOnce(Request<T>) -> Fut,
-        Fut: Future<Output = Result<Response<R>, Status>>,
-    {
-        let request_id = request
-            .metadata()
-            .get(metadata::REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
-        let term = self.raft.metrics().borrow().current_term;
-        let span = tracing::info_span!("request", node = self.id, rpc, request_id = %request_id, term);
-        let call = async {
-            // A removed node still answers Status (operators need to see it), nothing else.
-            if self.removal.is_removed() && rpc != "Status" {
-                return Err(ApiError::Removed(self.id).into());
-            }
-            handler(request).await
-        };
-        let result = self.metrics.observe(rpc, call).instrument(span.clone()).await;
-        if let Err(status) = &result {
-            span.in_scope(|| tracing::debug!(code = ?status.code(), message = status.message(), "call failed"));
-        }
-        result
-    }
-
     /// The header every client reply carries.
     pub fn header(&self) -> ResponseHeader {
         let (term, leader) = {

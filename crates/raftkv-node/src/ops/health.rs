@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::core::NodeCore;
+use crate::consensus::core::NodeCore;
 
 /// Most entries a follower may be behind the commit index and still be SERVING.
 pub const MAX_APPLY_LAG: u64 = 1000;

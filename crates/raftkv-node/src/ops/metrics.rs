@@ -1,36 +1,41 @@
-//! `NodeMetrics`: the node's Prometheus metrics, and the HTTP endpoints that serve them with the
-//! health probes (`/metrics`, `/healthz`, `/readyz` on `--metrics-addr`).
+//! `NodeMetrics`: every Prometheus metric the node exports.
 //!
-//! State gauges (role, term, indexes, lag, db size) are read from Raft and the store when
-//! scraped, so they are never stale; event counters (leader changes, requests) and latency
-//! histograms (requests, fsync, apply) are updated as things happen.
+//! State gauges (role, term, indexes, lag, db size) are set from a [`StateReadings`] taken when
+//! scraped ([`super::http`] reads Raft and the store), so they are never stale; event counters
+//! (leader changes, requests) and latency histograms (requests, fsync, apply) are updated as
+//! things happen. The registry reads nothing itself: any room may count into it without
+//! depending on what it measures.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
-use openraft::ServerState;
+use openraft::{RaftMetrics, ServerState};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use raftkv_store::StoreObserver;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-use crate::core::NodeCore;
-use crate::health::HealthState;
+use raftkv_store::{NodeAddr, NodeId, StoreObserver};
 
 /// Latency buckets, seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// The node's state as one scrape sees it: what the gauges are set from.
+pub struct StateReadings {
+    pub raft: RaftMetrics<NodeId, NodeAddr>,
+    /// The commit index, when Raft could be asked for it.
+    pub committed_index: Option<u64>,
+    pub db_size_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub disk_space_alarm: bool,
+    pub serving: bool,
+    /// Monotonic counts kept by the read path.
+    pub linearizable_reads: u64,
+    pub read_index_rounds: u64,
+    pub leadership_confirmations: u64,
+}
 
 /// Every metric a node exports.
 pub struct NodeMetrics {
@@ -230,9 +235,9 @@ impl NodeMetrics {
         }
     }
 
-    /// Reads the current state into the gauges.
-    async fn refresh(&self, core: &NodeCore, health: &HealthState) {
-        let m = core.raft.metrics().borrow().clone();
+    /// Sets the gauges from `r`.
+    fn refresh(&self, r: &StateReadings) {
+        let m = &r.raft;
         for (name, state) in [
             ("leader", ServerState::Leader),
             ("follower", ServerState::Follower),
@@ -250,12 +255,12 @@ impl NodeMetrics {
         self.applied_index.set(as_i64(m.last_applied.map_or(0, |l| l.index)));
         self.snapshot_index.set(as_i64(m.snapshot.map_or(0, |l| l.index)));
         self.purged_index.set(as_i64(m.purged.map_or(0, |l| l.index)));
-        if let Ok(committed) = core.raft.with_raft_state(|s| s.committed).await {
-            self.committed_index.set(as_i64(committed.map_or(0, |c| c.index)));
+        if let Some(committed) = r.committed_index {
+            self.committed_index.set(as_i64(committed));
         }
-        self.db_size_bytes.set(as_i64(core.store.size_on_disk()));
-        self.disk_free_bytes.set(as_i64(core.disk.free_bytes()));
-        self.disk_space_alarm.set(i64::from(core.disk.alarm()));
+        self.db_size_bytes.set(as_i64(r.db_size_bytes));
+        self.disk_free_bytes.set(as_i64(r.disk_free_bytes));
+        self.disk_space_alarm.set(i64::from(r.disk_space_alarm));
         self.replication_lag.reset();
         if let Some(replication) = &m.replication {
             for (follower, matched) in replication {
@@ -267,15 +272,15 @@ impl NodeMetrics {
         }
         self.millis_since_quorum_ack
             .set(m.millis_since_quorum_ack.map_or(-1, as_i64));
-        self.serving.set(i64::from(health.current().serving));
-        Self::mirror(&self.linearizable_reads, core.read_path.reads.requests());
-        Self::mirror(&self.read_index_rounds, core.read_path.reads.rounds());
-        Self::mirror(&self.leadership_confirmations, core.read_path.confirm.rounds());
+        self.serving.set(i64::from(r.serving));
+        Self::mirror(&self.linearizable_reads, r.linearizable_reads);
+        Self::mirror(&self.read_index_rounds, r.read_index_rounds);
+        Self::mirror(&self.leadership_confirmations, r.leadership_confirmations);
     }
 
     /// The metrics in Prometheus text format.
-    pub async fn render(&self, core: &NodeCore, health: &HealthState) -> String {
-        self.refresh(core, health).await;
+    pub fn render(&self, readings: &StateReadings) -> String {
+        self.refresh(readings);
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             return format!("# encoding failed: {e}\n");
@@ -298,55 +303,4 @@ impl StoreObserver for NodeMetrics {
         self.log_group_commits.inc();
         self.log_group_committed_appends.inc_by(appends as u64);
     }
-}
-
-#[derive(Clone)]
-struct HttpState {
-    metrics: Arc<NodeMetrics>,
-    core: NodeCore,
-    health: HealthState,
-}
-
-async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
-    let body = s.metrics.render(&s.core, &s.health).await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        body,
-    )
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
-    let h = s.health.current();
-    if h.serving {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", h.reason))
-    }
-}
-
-/// Serves `/metrics`, `/healthz` (alive) and `/readyz` (SERVING) until `shutdown`.
-pub fn serve_http(
-    listener: TcpListener,
-    metrics: Arc<NodeMetrics>,
-    core: NodeCore,
-    health: HealthState,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(HttpState { metrics, core, health });
-    tokio::spawn(async move {
-        let signal = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
-            tracing::error!("metrics server failed: {e}");
-        }
-    })
 }

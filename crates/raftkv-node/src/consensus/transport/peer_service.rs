@@ -19,10 +19,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::election_assist::{ElectionAssist, RefusedVote};
-use crate::membership::Removal;
-use crate::network::{IncarnationRegistry, Sender};
-use crate::read_index::ReadIndexBatcher;
+use crate::consensus::election_assist::{ElectionAssist, RefusedVote};
+use crate::consensus::read_index::ReadIndexBatcher;
+use crate::consensus::removal::Removal;
+use crate::consensus::transport::network::{IncarnationRegistry, Sender};
 
 type VoteRequest = openraft::raft::VoteRequest<NodeId>;
 

@@ -1,6 +1,6 @@
 //! Membership changes, run on the leader: add a node (learner, catch up, promote by joint
-//! consensus), promote a learner, remove a node, list members; and the removed-node state a
-//! node keeps once it has been removed.
+//! consensus), promote a learner, remove a node, list members. The removed-node state a node
+//! keeps afterwards is [`super::removal`].
 //!
 //! Rules enforced here, with messages that say what to do:
 //! - ids start at 1 and are never reused: an id that was ever removed is refused (the removed
@@ -9,62 +9,22 @@
 //! - the last voter cannot be removed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use raftkv_proto::v1::raft_peer_client::RaftPeerClient;
 use raftkv_proto::v1::{MemberInfo, RemovedRequest};
-use raftkv_store::types::Raft;
 use raftkv_store::{NodeAddr, NodeId};
 
-use crate::core::NodeCore;
-use crate::error::ApiError;
-use crate::network::PeerNetwork;
+use crate::api::error::ApiError;
+use crate::consensus::core::NodeCore;
+use crate::consensus::transport::network::PeerNetwork;
 
 /// Most entries a learner may be behind the leader when it is promoted.
 pub const PROMOTE_LAG: u64 = 100;
 /// How long an add waits for the learner to catch up before giving up (it stays a learner).
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
-/// Name of the marker file a removed node leaves in its data dir.
-pub const REMOVED_MARKER: &str = "removed";
-
-/// Whether this node has been removed from its cluster. Once removed, a node serves nothing,
-/// never campaigns, and refuses to start again from its data dir.
-#[derive(Clone)]
-pub struct Removal {
-    removed: Arc<AtomicBool>,
-    marker: PathBuf,
-}
-
-impl Removal {
-    pub fn new(data_dir: &std::path::Path) -> Self {
-        Self {
-            removed: Arc::new(AtomicBool::new(false)),
-            marker: data_dir.join(REMOVED_MARKER),
-        }
-    }
-
-    pub fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::Acquire)
-    }
-
-    /// Marks this node removed (idempotent): records it in the data dir, stops campaigning.
-    pub fn mark(&self, raft: &Raft, why: &str) {
-        if self.removed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        raft.runtime_config().elect(false);
-        if let Err(e) = std::fs::write(&self.marker, format!("{why}\n")) {
-            tracing::error!("cannot record the removal in {}: {e}", self.marker.display());
-        }
-        tracing::warn!("this node was removed from the cluster ({why}); it serves nothing from now on");
-    }
-}
-
 fn change_error(this: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> ApiError {
     match e {
         RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {

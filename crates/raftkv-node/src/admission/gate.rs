@@ -28,9 +28,9 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-use crate::access::{AccessControl, Admission};
-use crate::error::ApiError;
-use crate::metrics::NodeMetrics;
+use crate::admission::access::{AccessControl, Admission};
+use crate::api::error::ApiError;
+use crate::ops::metrics::NodeMetrics;
 
 /// What every gated service of a node shares.
 pub struct GateConfig {

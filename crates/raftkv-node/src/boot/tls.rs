@@ -19,7 +19,7 @@ use std::path::Path;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::config::NodeConfig;
+use crate::boot::config::NodeConfig;
 
 /// What TLS the node's servers and outgoing connections use; `None` fields mean plaintext.
 #[derive(Debug, Clone, Default)]
@@ -65,14 +65,5 @@ impl NodeTls {
             tls.peer_connect = Some(ClientTlsConfig::new().identity(identity).ca_certificate(ca));
         }
         Ok(tls)
-    }
-}
-
-/// The URL of `addr` for a connection with or without TLS.
-pub fn url(addr: &str, tls: bool) -> String {
-    if tls {
-        format!("https://{addr}")
-    } else {
-        format!("http://{addr}")
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! It lets a node refuse a directory that belongs to another node, notice a directory whose
 //! database was deleted, and lets peers notice a member whose data was wiped (its incarnation
-//! changes; see [`crate::network::IncarnationRegistry`]).
+//! changes; see [`crate::consensus::transport::network::IncarnationRegistry`]).
 
 use std::fs;
 use std::io::Write;
@@ -12,7 +12,7 @@ use std::path::Path;
 use raftkv_store::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::startup::StartupError;
+use crate::boot::startup::StartupError;
 
 const FILE_NAME: &str = "node.json";
 const DB_DIR: &str = "db";
@@ -55,7 +55,7 @@ pub fn load(data_dir: &Path, node_id: NodeId) -> Result<Option<Identity>, Startu
             requested: node_id,
         });
     }
-    if let Ok(why) = fs::read_to_string(data_dir.join(crate::membership::REMOVED_MARKER)) {
+    if let Ok(why) = fs::read_to_string(data_dir.join(crate::consensus::removal::REMOVED_MARKER)) {
         return Err(inconsistent(
             data_dir,
             format!(

@@ -15,7 +15,7 @@
 //! refused at once with RESOURCE_EXHAUSTED (`raftkv-error: overloaded`) instead of queueing
 //! without bound, and clients back off and retry.
 //!
-//! [`ClientGate`]: crate::gate::ClientGate
+//! [`ClientGate`]: crate::admission::gate::ClientGate
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,7 +26,7 @@ use raftkv_proto::metadata;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::MetadataMap;
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// What a token allows; each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -11,8 +11,8 @@ use raftkv_proto::v1::{
 use raftkv_store::command::{ClientSession, CmpOp, Command, Compare, CompareTarget, KeyValue, Txn, TxnOp, TxnOpResult};
 use raftkv_store::{prefix_end, RangeQuery};
 
-use crate::config::{MAX_KEY_BYTES, MAX_RANGE_LIMIT, MAX_RANGE_REPLY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
-use crate::error::ApiError;
+use crate::api::error::ApiError;
+use crate::api::limits::{MAX_KEY_BYTES, MAX_RANGE_LIMIT, MAX_RANGE_REPLY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
 
 /// The exactly-once session of a write, from its request metadata (none if it carries no
 /// client id).

@@ -181,8 +181,7 @@ impl PeerNetwork {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let mut endpoint =
-            Endpoint::from_shared(crate::tls::url(addr, self.tls.is_some())).map_err(|e| e.to_string())?;
+        let mut endpoint = Endpoint::from_shared(super::url(addr, self.tls.is_some())).map_err(|e| e.to_string())?;
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|e| e.to_string())?;
         }
@@ -329,7 +328,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
         let candidate_last_log = rpc.last_log_id;
         let resp: VoteResponse<NodeId> = self.call(RPCTypes::Vote, &rpc, None, &option).await?;
-        Ok(crate::election_assist::without_greater_log_hint(
+        Ok(crate::consensus::election_assist::without_greater_log_hint(
             resp,
             candidate_last_log,
         ))

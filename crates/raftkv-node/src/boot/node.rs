@@ -18,25 +18,30 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
-use crate::access::{AccessControl, Admission};
-use crate::cluster_service::ClusterService;
-use crate::config::{NodeConfig, MAX_VALUE_BYTES};
-use crate::core::NodeCore;
-use crate::disk_guard::DiskGuard;
-use crate::election_assist::ElectionAssist;
-use crate::gate::{ClientGate, GateConfig};
-use crate::health::{self, HealthState};
-use crate::identity;
-use crate::join;
-use crate::kv_service::KvService;
-use crate::membership::Removal;
-use crate::metrics::{self, NodeMetrics};
-use crate::network::{IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES};
-use crate::peer_service::PeerService;
-use crate::read_index::ReadPath;
-use crate::startup::{self, StartupError};
-use crate::tls::NodeTls;
-use crate::write_batcher::WriteBatcher;
+use crate::admission::access::{AccessControl, Admission};
+use crate::admission::disk_guard::DiskGuard;
+use crate::admission::gate::{ClientGate, GateConfig};
+use crate::api::call::ApiCalls;
+use crate::api::cluster_service::ClusterService;
+use crate::api::kv_service::KvService;
+use crate::api::limits::MAX_VALUE_BYTES;
+use crate::boot::config::NodeConfig;
+use crate::boot::identity;
+use crate::boot::join;
+use crate::boot::startup::{self, StartupError};
+use crate::boot::tls::NodeTls;
+use crate::consensus::core::NodeCore;
+use crate::consensus::election_assist::ElectionAssist;
+use crate::consensus::read_index::ReadPath;
+use crate::consensus::removal::Removal;
+use crate::consensus::transport::network::{
+    IncarnationRegistry, LinkFaults, PeerNetwork, Sender, MAX_PEER_MESSAGE_BYTES,
+};
+use crate::consensus::transport::peer_service::PeerService;
+use crate::consensus::write_batcher::WriteBatcher;
+use crate::ops::health::{self, HealthState};
+use crate::ops::http;
+use crate::ops::metrics::NodeMetrics;
 
 /// Largest client request accepted: a maximal value plus room for the key and framing, so an
 /// oversized value gets our own clear InvalidArgument rather than a transport error.
@@ -156,7 +161,7 @@ impl RunningNode {
         let raft_config = config
             .raft_config()
             .validate()
-            .map_err(|e| StartupError::Config(crate::config::ConfigError::InitialCluster(e.to_string())))?;
+            .map_err(|e| StartupError::Config(crate::boot::config::ConfigError::InitialCluster(e.to_string())))?;
         let handle = store.handle.clone();
         let raft = Raft::new(
             config.id,
@@ -178,10 +183,9 @@ impl RunningNode {
             raft: raft.clone(),
             store: handle.clone(),
             read_path: read_path.clone(),
-            metrics: metrics.clone(),
             removal: removal.clone(),
             peers: network.clone(),
-            writes: WriteBatcher::new(config.id, raft.clone(), crate::core::now_millis),
+            writes: WriteBatcher::new(config.id, raft.clone(), crate::consensus::core::now_millis),
             disk: disk.clone(),
         };
 
@@ -212,6 +216,7 @@ impl RunningNode {
             peer_listener,
             shutdown_rx.clone(),
         );
+        let calls = ApiCalls::new(core.clone(), metrics.clone());
         let gate = Arc::new(GateConfig {
             node: config.id,
             access,
@@ -219,16 +224,12 @@ impl RunningNode {
             metrics: metrics.clone(),
         });
         let kv = ClientGate::new(
-            KvServer::new(KvService::new(core.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+            KvServer::new(KvService::new(calls.clone())).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
             gate.clone(),
             MAX_CLIENT_MESSAGE_BYTES,
         );
         // Its requests are small: gRPC's default 4 MiB decoding limit applies.
-        let cluster = ClientGate::new(
-            ClusterServer::new(ClusterService::new(core.clone())),
-            gate,
-            4 * 1024 * 1024,
-        );
+        let cluster = ClientGate::new(ClusterServer::new(ClusterService::new(calls)), gate, 4 * 1024 * 1024);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(raftkv_proto::FILE_DESCRIPTOR_SET)
@@ -254,7 +255,7 @@ impl RunningNode {
         let health = HealthState::default();
         let mut background = vec![
             disk.spawn(shutdown_rx.clone()),
-            tokio::spawn(watch_leadership(core.clone(), shutdown_rx.clone())),
+            tokio::spawn(watch_leadership(core.clone(), metrics.clone(), shutdown_rx.clone())),
             health::spawn_checker(
                 core.clone(),
                 health_reporter,
@@ -266,13 +267,7 @@ impl RunningNode {
         let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let addr = listener.local_addr().map_err(|e| StartupError::Io(e.to_string()))?;
-                background.push(metrics::serve_http(
-                    listener,
-                    metrics,
-                    core,
-                    health.clone(),
-                    shutdown_rx,
-                ));
+                background.push(http::serve_http(listener, metrics, core, health.clone(), shutdown_rx));
                 Some(addr)
             }
             None => None,
@@ -399,7 +394,7 @@ fn spawn_server(
 }
 
 /// Logs leadership changes, and has a new leader record the cluster id if none is set yet.
-async fn watch_leadership(core: NodeCore, mut shutdown: watch::Receiver<bool>) {
+async fn watch_leadership(core: NodeCore, metrics_sink: Arc<NodeMetrics>, mut shutdown: watch::Receiver<bool>) {
     let mut metrics = core.raft.server_metrics();
     let mut last_leader: Option<NodeId> = None;
     let mut last_state = ServerState::Learner;
@@ -408,7 +403,7 @@ async fn watch_leadership(core: NodeCore, mut shutdown: watch::Receiver<bool>) {
         let m = metrics.borrow_and_update().clone();
         let term = m.vote.leader_id().term;
         if m.current_leader != last_leader {
-            core.metrics.leader_changed();
+            metrics_sink.leader_changed();
             match m.current_leader {
                 Some(leader) => tracing::info!(term, leader, "leader elected"),
                 None => tracing::info!(term, previous = ?last_leader, "leader lost"),

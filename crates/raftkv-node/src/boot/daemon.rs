@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use raftkv_store::NodeAddr;
 use tracing_subscriber::EnvFilter;
 
-use crate::{NodeConfig, RunningNode};
+use crate::boot::config::NodeConfig;
+use crate::boot::node::RunningNode;
 
 /// raftkvd: one node of a raftkv cluster.
 #[derive(Debug, Parser)]
@@ -114,7 +115,7 @@ async fn create_single_node(node: &NewNode, data: Vec<u8>, last_index: u64, last
     raftkv_store::recovery::restore_single_node(&node.data_dir, data, last_index, last_term, node.id, addr)
         .await
         .map_err(|e| e.to_string())?;
-    crate::identity::create(&node.data_dir, node.id).map_err(|e| e.to_string())?;
+    crate::boot::identity::create(&node.data_dir, node.id).map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -27,8 +27,8 @@ use raftkv_store::types::Raft;
 use raftkv_store::NodeId;
 use tokio::sync::oneshot;
 
-use crate::error::ApiError;
-use crate::network::PeerNetwork;
+use crate::api::error::ApiError;
+use crate::consensus::transport::network::PeerNetwork;
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<u64, ApiError>> + Send>>;
 type Fetch = Arc<dyn Fn() -> FetchFuture + Send + Sync>;

@@ -13,17 +13,8 @@ use std::time::Duration;
 
 use raftkv_store::{NodeAddr, NodeId};
 
-/// Largest key accepted by the client API, in bytes.
-pub const MAX_KEY_BYTES: usize = 4 * 1024;
-/// Largest value accepted by the client API, in bytes.
-pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
-/// Most key-values one Range reply carries; larger ranges are paged (`more`).
-pub const MAX_RANGE_LIMIT: u64 = 10_000;
-/// Most compares plus operations one transaction may hold.
-pub const MAX_TXN_OPS: usize = 128;
-/// Most key and value bytes one Range reply carries (past the first key-value), so a reply
-/// stays under gRPC's common 4 MiB default message limit; larger ranges are paged (`more`).
-pub const MAX_RANGE_REPLY_BYTES: usize = 3 * 1024 * 1024;
+// The API's limits moved to `api::limits`; re-exported here for code that names them here.
+pub use crate::api::limits::{MAX_KEY_BYTES, MAX_RANGE_LIMIT, MAX_RANGE_REPLY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES};
 
 /// The members a brand-new cluster starts with: `ID=CLIENT_ADDR@PEER_ADDR,...`.
 ///
@@ -447,7 +438,7 @@ impl NodeConfig {
             // Per chunk; chunks are 1 MiB, so this allows ~2 MiB/s on a struggling link.
             install_snapshot_timeout: 500.max(self.heartbeat_ms * 4),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            snapshot_max_chunk_size: crate::network::SNAPSHOT_CHUNK_BYTES,
+            snapshot_max_chunk_size: crate::consensus::transport::network::SNAPSHOT_CHUNK_BYTES,
             max_in_snapshot_log_to_keep: self.snapshot_keep_logs,
             // Keep lagging followers on the log a bit past the snapshot interval.
             replication_lag_threshold: self.snapshot_every + self.snapshot_keep_logs,

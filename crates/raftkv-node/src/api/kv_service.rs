@@ -1,4 +1,4 @@
-//! `raftkv.v1.KV`: the data API. Requests are validated and converted by [`crate::request`];
+//! `raftkv.v1.KV`: the data API. Requests are validated and converted by [`crate::api::request`];
 //! writes go through Raft ([`NodeCore::write`]); reads pass the read barrier for their
 //! consistency ([`NodeCore::read_barrier`]) and are served from the local state.
 
@@ -10,20 +10,25 @@ use raftkv_proto::v1::{
 use raftkv_store::command::Response as SmResponse;
 use tonic::{Request, Response, Status};
 
-use crate::core::NodeCore;
-use crate::error::ApiError;
-use crate::request::{
+use crate::api::call::ApiCalls;
+use crate::api::error::ApiError;
+use crate::api::request::{
     consistency, delete_command, next_key, put_command, range_query, session, to_pb, txn_command, txn_op_response,
     validate_key,
 };
+use crate::consensus::core::NodeCore;
 
 pub struct KvService {
     core: NodeCore,
+    calls: ApiCalls,
 }
 
 impl KvService {
-    pub fn new(core: NodeCore) -> Self {
-        Self { core }
+    pub fn new(calls: ApiCalls) -> Self {
+        Self {
+            core: calls.core().clone(),
+            calls,
+        }
     }
 }
 
@@ -34,7 +39,7 @@ fn unexpected(resp: SmResponse) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        self.core
+        self.calls
             .serve("Put", request, |request| async move {
                 let session = session(request.metadata())?;
                 let command = put_command(request.into_inner())?;
@@ -51,7 +56,7 @@ impl Kv for KvService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        self.core
+        self.calls
             .serve("Get", request, |request| async move {
                 let r = request.into_inner();
                 validate_key(&r.key)?;
@@ -66,7 +71,7 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        self.core
+        self.calls
             .serve("Delete", request, |request| async move {
                 let session = session(request.metadata())?;
                 let command = delete_command(&request.into_inner())?;
@@ -89,7 +94,7 @@ impl Kv for KvService {
     }
 
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        self.core
+        self.calls
             .serve("Range", request, |request| async move {
                 let r = request.into_inner();
                 let query = range_query(&r)?;
@@ -113,7 +118,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.core
+        self.calls
             .serve("Txn", request, |request| async move {
                 let session = session(request.metadata())?;
                 let command = txn_command(request.into_inner())?;

@@ -26,7 +26,7 @@ use raftkv_store::command::{BatchedWrite, ClientSession, Command, Request as SmR
 use raftkv_store::types::Raft;
 use raftkv_store::NodeId;
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 
 /// Proposals replicating at once. One gives the largest batches; measured on the 2-core
 /// benchmark machine it beat two (64 clients: 7.5k vs 7.1k puts/s, p99 13 vs 15 ms), as the

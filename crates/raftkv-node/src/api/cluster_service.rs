@@ -15,9 +15,10 @@ use raftkv_proto::v1::{
 use raftkv_store::NodeAddr;
 use tonic::{Request, Response, Status};
 
-use crate::core::{now_millis, NodeCore};
-use crate::error::ApiError;
-use crate::membership;
+use crate::api::call::ApiCalls;
+use crate::api::error::ApiError;
+use crate::consensus::core::{now_millis, NodeCore};
+use crate::consensus::membership;
 
 /// Size of one backup data message.
 const BACKUP_CHUNK_BYTES: usize = 1024 * 1024;
@@ -26,11 +27,15 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 
 pub struct ClusterService {
     core: NodeCore,
+    calls: ApiCalls,
 }
 
 impl ClusterService {
-    pub fn new(core: NodeCore) -> Self {
-        Self { core }
+    pub fn new(calls: ApiCalls) -> Self {
+        Self {
+            core: calls.core().clone(),
+            calls,
+        }
     }
 }
 
@@ -84,7 +89,7 @@ impl Cluster for ClusterService {
     type BackupStream = BackupStream;
 
     async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<MembersResponse>, Status> {
-        self.core
+        self.calls
             .serve("AddMember", request, |request| async move {
                 let r = request.into_inner();
                 let addr = NodeAddr {
@@ -101,7 +106,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<PromoteMemberRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        self.core
+        self.calls
             .serve("PromoteMember", request, |request| async move {
                 membership::promote(&self.core, request.into_inner().id).await?;
                 self.members_response()
@@ -110,7 +115,7 @@ impl Cluster for ClusterService {
     }
 
     async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<MembersResponse>, Status> {
-        self.core
+        self.calls
             .serve("RemoveMember", request, |request| async move {
                 membership::remove(&self.core, &self.core.peers, request.into_inner().id).await?;
                 self.members_response()
@@ -119,7 +124,7 @@ impl Cluster for ClusterService {
     }
 
     async fn list_members(&self, request: Request<ListMembersRequest>) -> Result<Response<MembersResponse>, Status> {
-        self.core
+        self.calls
             .serve(
                 "ListMembers",
                 request,
@@ -129,7 +134,7 @@ impl Cluster for ClusterService {
     }
 
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
-        self.core
+        self.calls
             .serve("Snapshot", request, |_request| async move {
                 let snapshot = self.fresh_snapshot().await?;
                 Ok(Response::new(SnapshotResponse {
@@ -141,7 +146,7 @@ impl Cluster for ClusterService {
     }
 
     async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        self.core
+        self.calls
             .serve("Backup", request, |_request| async move {
                 let snapshot = self.fresh_snapshot().await?;
                 let data = snapshot.snapshot.into_inner();
@@ -169,7 +174,7 @@ impl Cluster for ClusterService {
     }
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        self.core
+        self.calls
             .serve("Status", request, |_request| async move {
                 let core = &self.core;
                 // Clone what we need and drop the borrow at once: holding it would block Raft.

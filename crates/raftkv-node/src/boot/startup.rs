@@ -14,8 +14,8 @@ use raftkv_proto::v1::HelloRequest;
 use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreSummary};
 
-use crate::config::{ConfigError, NodeConfig};
-use crate::network::PeerNetwork;
+use crate::boot::config::{ConfigError, NodeConfig};
+use crate::consensus::transport::network::PeerNetwork;
 
 const HELLO_TIMEOUT: Duration = Duration::from_millis(500);
 
