@@ -10,7 +10,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Module map: [`client`] (endpoints, leader tracking, the retry loop, degraded reads),
+//! Module map: [`client`] (the `Client`, in one file per concern under `client/`: endpoints
+//! and their breakers, leader tracking and discovery, the call/retry loop with failure
+//! classification, data calls and degraded reads, admin calls),
 //! [`config`] (settings and the endpoint list syntax), [`breaker`] (per-endpoint circuit
 //! breakers), [`balancer`] (smooth weighted round robin), [`retry`] (backoff with jitter),
 //! `session` (numbering writes for exactly-once), [`txn`] (compares and operations for
