@@ -4,10 +4,17 @@
 //! - [`types`]: the openraft `TypeConfig` and the aliases it fixes;
 //! - [`command`]: the commands carried in the log and the replies `apply` gives;
 //! - [`log_store`]: the Raft log and vote on sled ([`LogStore`]);
-//! - [`state_machine`]: the key-value state on sled ([`StateMachineStore`], [`StateReader`]);
+//! - [`state_machine`]: the key-value state on sled ([`StateMachineStore`], [`StateReader`]), one
+//!   file per job: its on-disk layout, applying entries, reads, building and installing snapshots;
 //! - [`sessions`]: client sessions that make retried writes apply once;
 //! - [`recovery`]: new single-node clusters from a backup or a surviving node's data;
-//! - [`codec`]: the versioned bincode envelope every stored or sent payload uses.
+//! - [`codec`]: the versioned bincode envelope every stored or sent payload uses;
+//! - [`durable`]: `DurableDb`, sled's flush made a real fsync; `snapshot`: the snapshot file;
+//!   `error`: [`StoreError`].
+//!
+//! Where new storage goes: the Raft log's own write-ahead log beside [`log_store`] (a `wal/`
+//! room); new applied state (watch history, leases) as files of [`state_machine`] next to its
+//! `apply.rs`, with their keys in its `layout.rs`.
 //!
 //! A data directory holds `db/` (one sled database for log and state) and `snapshot/`.
 //! [`open`] opens both and returns the parts openraft drives plus a [`StoreHandle`] the node

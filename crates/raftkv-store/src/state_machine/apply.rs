@@ -1,0 +1,433 @@
+//! Applying committed log entries: [`BatchApplier`] turns the entries of one `apply` call
+//! (client commands, membership changes, session bookkeeping) into a single atomic
+//! `sled::Batch`, which lands under the state's write lock together with the new applied index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+
+use openraft::{EntryPayload, ErrorVerb};
+
+use super::layout::{
+    data_key, read_record, StoredValue, DATA_PREFIX, KEY_CLOCK, KEY_CLUSTER_ID, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
+    KEY_REMOVED_IDS, KEY_SESSION_GC,
+};
+use super::{read_err, sm_err, StateMachineStore};
+use crate::codec;
+use crate::command::{Command, Compare, CompareTarget, KeyValue, Request, Response, TxnOp, TxnOpResult};
+use crate::error::StoreError;
+use crate::sessions::{session_key, Admission, SessionRecord, SESSION_GC_INTERVAL_MS, SESSION_PREFIX};
+use crate::types::{Entry, StorageError, StoredMembership};
+
+impl StateMachineStore {
+    /// `RaftStateMachine::apply`: applies `entries` as one batch and returns their responses.
+    pub(super) async fn apply_entries<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let started = std::time::Instant::now();
+        let tree = self.tree();
+        let mut applier = BatchApplier::new(&tree);
+        let mut responses = Vec::new();
+        let mut last_applied = None;
+        let mut membership: Option<StoredMembership> = None;
+        for entry in entries {
+            let log_id = entry.log_id;
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::Empty,
+                EntryPayload::Membership(m) => {
+                    let before = match membership.take() {
+                        Some(b) => b,
+                        None => applier.record(KEY_MEMBERSHIP)?.unwrap_or_default(),
+                    };
+                    applier.note_removed_nodes(&before, &m)?;
+                    membership = Some(StoredMembership::new(Some(log_id), m));
+                    Response::Empty
+                }
+                EntryPayload::Normal(request) => applier.apply_request(log_id.index, request)?,
+            };
+            responses.push(response);
+            last_applied = Some(log_id);
+        }
+        let Some(last_applied) = last_applied else {
+            return Ok(responses);
+        };
+        applier.write_record(KEY_LAST_APPLIED, &Some(last_applied))?;
+        if let Some(m) = &membership {
+            applier.write_record(KEY_MEMBERSHIP, m)?;
+        }
+        self.save_before_images(&tree, &applier.touched)?;
+        let cluster_id = applier.cluster_id;
+        {
+            // Exclusive while the batch lands, so a reader holding the lock (a Range) sees the
+            // state of exactly one applied index, and that index with it.
+            let _exclusive = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+            tree.apply_batch(applier.batch)
+                .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            if let Some(id) = cluster_id {
+                self.shared.cluster_id.store(id, Ordering::Release);
+            }
+            self.shared.applied_index.store(last_applied.index, Ordering::Release);
+        }
+        self.observer.applied(responses.len(), started.elapsed());
+        Ok(responses)
+    }
+}
+
+/// Applies the commands of one `apply` call into a single atomic batch, reading through the
+/// writes made earlier in the same batch (so later entries, and later operations of a
+/// transaction, see earlier ones).
+struct BatchApplier<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    /// Every raw tree key the batch writes (for an in-progress snapshot's before-images).
+    touched: BTreeSet<Vec<u8>>,
+    overlay: BTreeMap<Vec<u8>, Option<StoredValue>>,
+    sessions: BTreeMap<u64, Option<SessionRecord>>,
+    clock: Option<u64>,
+    cluster_id: Option<u64>,
+}
+
+impl<'a> BatchApplier<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Self {
+            tree,
+            batch: sled::Batch::default(),
+            touched: BTreeSet::new(),
+            overlay: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            clock: None,
+            cluster_id: None,
+        }
+    }
+
+    fn record<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        read_record(self.tree, key).map_err(read_err)
+    }
+
+    fn write_record<T: serde::Serialize>(&mut self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        self.insert_raw(key.to_vec(), bytes);
+        Ok(())
+    }
+
+    fn insert_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.insert(key.as_slice(), value);
+        self.touched.insert(key);
+    }
+
+    fn remove_raw(&mut self, key: Vec<u8>) {
+        self.batch.remove(key.as_slice());
+        self.touched.insert(key);
+    }
+
+    /// Records nodes that a new membership drops, so their ids are never reused.
+    fn note_removed_nodes(
+        &mut self,
+        before: &StoredMembership,
+        after: &openraft::Membership<u64, crate::NodeAddr>,
+    ) -> Result<(), StorageError> {
+        let gone: Vec<u64> = before
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| after.get_node(id).is_none())
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut removed: BTreeSet<u64> = self.record(KEY_REMOVED_IDS)?.unwrap_or_default();
+        removed.extend(gone);
+        self.write_record(KEY_REMOVED_IDS, &removed)
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<SessionRecord>, StorageError> {
+        match self.sessions.get(&client_id) {
+            Some(rec) => Ok(rec.clone()),
+            None => self.record(&session_key(client_id)),
+        }
+    }
+
+    fn set_session(&mut self, client_id: u64, rec: Option<SessionRecord>) -> Result<(), StorageError> {
+        match &rec {
+            Some(r) => self.write_record(&session_key(client_id), r)?,
+            None => self.remove_raw(session_key(client_id)),
+        }
+        self.sessions.insert(client_id, rec);
+        Ok(())
+    }
+
+    /// Moves the log clock to `timestamp_ms` if it is later, sweeping expired sessions when a
+    /// sweep interval of log time has passed.
+    fn advance_clock(&mut self, timestamp_ms: u64) -> Result<(), StorageError> {
+        let clock = match self.clock {
+            Some(c) => c,
+            None => self.record(KEY_CLOCK)?.unwrap_or(0),
+        };
+        if timestamp_ms <= clock {
+            self.clock = Some(clock);
+            return Ok(());
+        }
+        self.clock = Some(timestamp_ms);
+        self.write_record(KEY_CLOCK, &timestamp_ms)?;
+        let last_sweep: u64 = self.record(KEY_SESSION_GC)?.unwrap_or(0);
+        if timestamp_ms.saturating_sub(last_sweep) >= SESSION_GC_INTERVAL_MS {
+            self.write_record(KEY_SESSION_GC, &timestamp_ms)?;
+            let mut expired = Vec::new();
+            for item in self.tree.scan_prefix(SESSION_PREFIX) {
+                let (k, _) = item.map_err(read_err)?;
+                let id = k[SESSION_PREFIX.len()..]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| {
+                        read_err(StoreError::Corrupt {
+                            what: "session record key".into(),
+                            detail: format!("{} bytes", k.len()),
+                        })
+                    })?;
+                expired.push(id);
+            }
+            for id in expired {
+                if self.session(id)?.is_some_and(|r| r.expired(timestamp_ms)) {
+                    self.set_session(id, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one client request, once: a retry of a write this client already made gets the
+    /// saved answer.
+    fn apply_request(&mut self, revision: u64, request: Request) -> Result<Response, StorageError> {
+        self.advance_clock(request.timestamp_ms)?;
+        if let Command::Batch(writes) = request.command {
+            let mut responses = Vec::with_capacity(writes.len());
+            for write in writes {
+                let one = Request {
+                    timestamp_ms: request.timestamp_ms,
+                    session: write.session,
+                    command: write.command,
+                };
+                responses.push(self.apply_request(revision, one)?);
+            }
+            return Ok(Response::Batch(responses));
+        }
+        let Some(session) = request.session else {
+            return self.apply(revision, request.command);
+        };
+        let mut rec = self.session(session.client_id)?.unwrap_or_default();
+        match rec.admit(&session) {
+            Admission::Duplicate(saved) => Ok(saved),
+            Admission::AlreadyAcknowledged => Ok(Response::AlreadyAcknowledged {
+                client_id: session.client_id,
+                seq: session.seq,
+            }),
+            Admission::New => {
+                let response = self.apply(revision, request.command)?;
+                rec.record(&session, request.timestamp_ms, &response);
+                self.set_session(session.client_id, Some(rec))?;
+                Ok(response)
+            }
+        }
+    }
+
+    fn current(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageError> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        match self.tree.get(data_key(key)).map_err(read_err)? {
+            None => Ok(None),
+            Some(b) => codec::decode(&b).map(Some).map_err(read_err),
+        }
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Option<StoredValue>) -> Result<(), StorageError> {
+        match &value {
+            Some(v) => {
+                let bytes = codec::encode(v).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+                self.insert_raw(data_key(&key), bytes);
+            }
+            None => self.remove_raw(data_key(&key)),
+        }
+        self.overlay.insert(key, value);
+        Ok(())
+    }
+
+    /// The keys that currently exist in `[start, end)`, in order.
+    fn keys_in_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<Vec<u8>>, StorageError> {
+        let upper = match end {
+            Some(e) => Bound::Excluded(data_key(e)),
+            None => Bound::Excluded(vec![DATA_PREFIX + 1]),
+        };
+        let mut keys = BTreeSet::new();
+        for item in self.tree.range::<Vec<u8>, _>((Bound::Included(data_key(start)), upper)) {
+            let (k, _) = item.map_err(read_err)?;
+            keys.insert(k[1..].to_vec());
+        }
+        let overlay_upper = match end {
+            Some(e) => Bound::Excluded(e.to_vec()),
+            None => Bound::Unbounded,
+        };
+        for (k, v) in self
+            .overlay
+            .range::<Vec<u8>, _>((Bound::Included(start.to_vec()), overlay_upper))
+        {
+            if v.is_some() {
+                keys.insert(k.clone());
+            } else {
+                keys.remove(k);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    fn put(&mut self, revision: u64, key: Vec<u8>, value: Vec<u8>) -> Result<Option<KeyValue>, StorageError> {
+        let prev = self.current(&key)?;
+        let next = StoredValue {
+            value,
+            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+        };
+        self.set(key.clone(), Some(next))?;
+        Ok(prev.map(|p| p.into_key_value(key)))
+    }
+
+    fn delete(&mut self, key: Vec<u8>) -> Result<Option<KeyValue>, StorageError> {
+        let prev = self.current(&key)?;
+        if prev.is_some() {
+            self.set(key.clone(), None)?;
+        }
+        Ok(prev.map(|p| p.into_key_value(key)))
+    }
+
+    fn delete_range(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        want_prev: bool,
+    ) -> Result<(u64, Vec<KeyValue>), StorageError> {
+        let mut prev_kvs = Vec::new();
+        let mut deleted = 0;
+        for key in self.keys_in_range(start, end)? {
+            if let Some(kv) = self.delete(key)? {
+                deleted += 1;
+                if want_prev {
+                    prev_kvs.push(kv);
+                }
+            }
+        }
+        Ok((deleted, prev_kvs))
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        Ok(self.current(key)?.map(|v| v.into_key_value(key.to_vec())))
+    }
+
+    fn compare_holds(&self, c: &Compare) -> Result<bool, StorageError> {
+        let current = self.current(&c.key)?;
+        let number = |f: fn(&StoredValue) -> u64| current.as_ref().map_or(0, f);
+        Ok(match &c.target {
+            CompareTarget::Value(op, expected) => match &current {
+                Some(v) => op.holds(v.value.as_slice(), expected.as_slice()),
+                None => false,
+            },
+            CompareTarget::Version(op, n) => op.holds(&number(|v| v.version), n),
+            CompareTarget::CreateRevision(op, n) => op.holds(&number(|v| v.create_revision), n),
+            CompareTarget::ModRevision(op, n) => op.holds(&number(|v| v.mod_revision), n),
+            CompareTarget::Exists(expected) => current.is_some() == *expected,
+        })
+    }
+
+    fn txn_op(&mut self, revision: u64, op: TxnOp) -> Result<TxnOpResult, StorageError> {
+        Ok(match op {
+            TxnOp::Put { key, value, prev_kv } => {
+                let prev = self.put(revision, key, value)?;
+                TxnOpResult::Put {
+                    prev_kv: prev.filter(|_| prev_kv),
+                }
+            }
+            TxnOp::Delete { key, prev_kv } => {
+                let prev = self.delete(key)?;
+                TxnOpResult::Delete {
+                    deleted: u64::from(prev.is_some()),
+                    prev_kvs: prev.filter(|_| prev_kv).into_iter().collect(),
+                }
+            }
+            TxnOp::DeleteRange { start, end, prev_kv } => {
+                let (deleted, prev_kvs) = self.delete_range(&start, end.as_deref().map(|e| e.as_slice()), prev_kv)?;
+                TxnOpResult::Delete { deleted, prev_kvs }
+            }
+            TxnOp::Get { key } => TxnOpResult::Get { kv: self.get(&key)? },
+        })
+    }
+
+    fn apply(&mut self, revision: u64, command: Command) -> Result<Response, StorageError> {
+        match command {
+            Command::Put { key, value, prev_kv } => {
+                let prev = self.put(revision, key, value)?;
+                Ok(Response::Put {
+                    revision,
+                    prev_kv: prev.filter(|_| prev_kv),
+                })
+            }
+            Command::Delete { key, prev_kv } => {
+                let prev = self.delete(key)?;
+                Ok(Response::Delete {
+                    revision,
+                    deleted: u64::from(prev.is_some()),
+                    prev_kvs: prev.filter(|_| prev_kv).into_iter().collect(),
+                })
+            }
+            Command::DeleteRange { start, end, prev_kv } => {
+                let (deleted, prev_kvs) = self.delete_range(&start, end.as_deref().map(|e| e.as_slice()), prev_kv)?;
+                Ok(Response::Delete {
+                    revision,
+                    deleted,
+                    prev_kvs,
+                })
+            }
+            Command::Txn(txn) => {
+                let mut succeeded = true;
+                for c in &txn.compares {
+                    if !self.compare_holds(c)? {
+                        succeeded = false;
+                        break;
+                    }
+                }
+                let ops = if succeeded { txn.success } else { txn.failure };
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops {
+                    results.push(self.txn_op(revision, op)?);
+                }
+                Ok(Response::Txn {
+                    revision,
+                    succeeded,
+                    results,
+                })
+            }
+            Command::Batch(writes) => {
+                // apply_request unpacks batches (each write under its own session); one that
+                // arrives here, without a session, is applied the same way.
+                let mut responses = Vec::with_capacity(writes.len());
+                for write in writes {
+                    responses.push(self.apply(revision, write.command)?);
+                }
+                Ok(Response::Batch(responses))
+            }
+            Command::SetClusterId { cluster_id } => {
+                let current = match self.cluster_id {
+                    Some(id) => id,
+                    None => read_record(self.tree, KEY_CLUSTER_ID).map_err(read_err)?.unwrap_or(0),
+                };
+                let effective = if current == 0 { cluster_id } else { current };
+                if current == 0 {
+                    self.write_record(KEY_CLUSTER_ID, &effective)?;
+                }
+                self.cluster_id = Some(effective);
+                Ok(Response::ClusterId { cluster_id: effective })
+            }
+        }
+    }
+}

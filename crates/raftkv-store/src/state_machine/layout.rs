@@ -1,0 +1,70 @@
+//! The state machine's on-disk layout: the names of its sled trees, the keys of its records,
+//! and how a user key's value is stored. Everything that decides what the bytes on disk mean
+//! is here, so a change to the format shows up in this one file.
+//!
+//! See the parent module for why data and metadata share one tree, and how the generation in
+//! `sm_control` picks the live one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::command::KeyValue;
+use crate::error::StoreError;
+
+pub(super) const CONTROL_TREE: &str = "sm_control";
+pub(super) const STATE_TREE_PREFIX: &str = "sm_state.";
+pub(super) const KEY_GENERATION: &[u8] = b"generation";
+
+pub(super) const DATA_PREFIX: u8 = b'd';
+pub(super) const KEY_LAST_APPLIED: &[u8] = b"m/last_applied";
+pub(super) const KEY_MEMBERSHIP: &[u8] = b"m/membership";
+pub(crate) const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
+/// The log clock: the largest leader timestamp applied (see crate::sessions).
+pub(super) const KEY_CLOCK: &[u8] = b"m/clock";
+/// Log-clock time of the last expired-session sweep.
+pub(super) const KEY_SESSION_GC: &[u8] = b"m/session_gc";
+/// Ids of nodes removed from the membership: never to be reused.
+pub(super) const KEY_REMOVED_IDS: &[u8] = b"m/removed_ids";
+
+/// A user key's value and revision metadata as stored (the key itself is the tree key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct StoredValue {
+    #[serde(with = "serde_bytes")]
+    pub(super) value: Vec<u8>,
+    pub(super) create_revision: u64,
+    pub(super) mod_revision: u64,
+    pub(super) version: u64,
+}
+
+impl StoredValue {
+    pub(super) fn into_key_value(self, key: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        }
+    }
+}
+
+pub(super) fn data_key(user_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user_key.len() + 1);
+    k.push(DATA_PREFIX);
+    k.extend_from_slice(user_key);
+    k
+}
+
+pub(super) fn state_tree_name(generation: u64) -> String {
+    format!("{STATE_TREE_PREFIX}{generation}")
+}
+
+pub(super) fn read_record<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(codec::decode(&b)?)),
+    }
+}

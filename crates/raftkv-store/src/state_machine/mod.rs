@@ -1,0 +1,207 @@
+//! `StateMachineStore`: the applied key-value state on sled, and `StateReader`, the read-only
+//! view the node's services use.
+//!
+//! ## Layout
+//! The whole state lives in one sled tree, `sm_state.<generation>`:
+//! - `d` + user key -> codec [`StoredValue`](layout::StoredValue) (value, create/mod revision, version);
+//! - `m/last_applied`, `m/membership`, `m/cluster_id` -> codec values.
+//!
+//! Keeping data and metadata in one tree makes every `apply` a single `sled::Batch`, which sled
+//! applies atomically: the data, `last_applied` and the membership can never disagree after a
+//! crash. Tree `sm_control` holds `generation`, the number of the live state tree.
+//!
+//! ## Snapshot install replaces the state wholesale
+//! `install_snapshot` writes the snapshot into a fresh tree `sm_state.<generation + 1>`, fsyncs,
+//! then flips `generation` with one insert and fsyncs again. A crash before the flip leaves the
+//! old state (the half-written tree is dropped at the next open); after it, the new one. No key
+//! of the old state can survive.
+//!
+//! ## Durability of applied state
+//! `apply` does not fsync: every entry it applies is already durable in the log on a majority,
+//! and sled recovers a consistent prefix, so after a crash openraft re-applies what the state
+//! machine lost. What must never happen is purging log entries the state machine has not made
+//! durable; so a snapshot (after which openraft purges) is only published after an fsync.
+//!
+//! ## Files
+//! - this one: the store openraft drives ([`StateMachineStore`]), the state its parts share,
+//!   opening (which drops stale state trees), and the `RaftStateMachine` impl, which hands each
+//!   call to the file below that owns it;
+//! - `layout`: tree names, record keys and the stored value encoding;
+//! - `apply`: applying committed entries as one atomic batch;
+//! - `reads`: [`StateReader`] and range queries;
+//! - `snapshot_build`: building a snapshot while applies go on ([`StateSnapshotBuilder`]);
+//! - `snapshot_install`: installing a snapshot by generation flip, and serving the current one.
+
+mod apply;
+mod layout;
+mod reads;
+mod snapshot_build;
+mod snapshot_install;
+
+use std::io::Cursor;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+
+use crate::command::Response;
+use crate::durable::DurableDb;
+use crate::error::StoreError;
+use crate::snapshot::SnapshotFiles;
+use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::StoreObserver;
+use layout::{
+    read_record, state_tree_name, CONTROL_TREE, KEY_GENERATION, KEY_LAST_APPLIED, KEY_MEMBERSHIP, STATE_TREE_PREFIX,
+};
+use snapshot_build::SnapshotView;
+
+pub(crate) use layout::KEY_CLUSTER_ID;
+pub use reads::{prefix_end, RangeQuery, RangeResult, StateReader};
+pub use snapshot_build::StateSnapshotBuilder;
+
+fn sm_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(e)).into()
+}
+
+fn snapshot_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(e)).into()
+}
+
+fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
+    sm_err(ErrorVerb::Read, &e)
+}
+
+struct StateTree {
+    generation: u64,
+    tree: sled::Tree,
+}
+
+struct Shared {
+    db: DurableDb,
+    control: sled::Tree,
+    state: RwLock<StateTree>,
+    applied_index: AtomicU64,
+    cluster_id: AtomicU64,
+    /// While a snapshot is being built, the snapshot-point values of records changed since.
+    snapshot_view: Mutex<Option<SnapshotView>>,
+    /// Numbers snapshot views, so a builder only ever ends its own.
+    next_view: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> RwLockReadGuard<'_, StateTree> {
+        // A panic while holding the lock cannot leave the tree half-swapped (the swap is one
+        // assignment), so a poisoned lock is still safe to read through.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The applied key-value state of one node; handed to openraft, which drives it.
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    snapshots: SnapshotFiles,
+    observer: Arc<dyn StoreObserver>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(
+        durable: &DurableDb,
+        snapshots: SnapshotFiles,
+        observer: Arc<dyn StoreObserver>,
+    ) -> Result<Self, StoreError> {
+        let db = durable.db();
+        let control = db.open_tree(CONTROL_TREE)?;
+        let generation = match control.get(KEY_GENERATION)? {
+            None => 0,
+            Some(b) => {
+                let arr: [u8; 8] = b.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    what: "state machine generation record".into(),
+                    detail: format!("expected 8 bytes, found {}", b.len()),
+                })?;
+                u64::from_be_bytes(arr)
+            }
+        };
+        let live = state_tree_name(generation);
+        // Drop state trees of other generations: leftovers of an install that crashed before
+        // its flip, or of an install whose old tree was not dropped yet.
+        for name in db.tree_names() {
+            if let Ok(name) = std::str::from_utf8(&name) {
+                if name.starts_with(STATE_TREE_PREFIX) && name != live {
+                    tracing::info!(tree = name, "dropping stale state-machine tree");
+                    db.drop_tree(name)?;
+                }
+            }
+        }
+        let tree = db.open_tree(&live)?;
+        let applied: Option<LogId> = read_record(&tree, KEY_LAST_APPLIED)?.flatten();
+        let cluster_id: u64 = read_record(&tree, KEY_CLUSTER_ID)?.unwrap_or(0);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db: durable.clone(),
+                control,
+                state: RwLock::new(StateTree { generation, tree }),
+                applied_index: AtomicU64::new(applied.map_or(0, |l| l.index)),
+                cluster_id: AtomicU64::new(cluster_id),
+                snapshot_view: Mutex::new(None),
+                next_view: AtomicU64::new(1),
+            }),
+            snapshots,
+            observer,
+        })
+    }
+
+    /// A read-only view sharing this state.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn tree(&self) -> sled::Tree {
+        self.shared.state().tree.clone()
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let tree = self.tree();
+        let applied = read_record::<Option<LogId>>(&tree, KEY_LAST_APPLIED)
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))?
+            .flatten();
+        let membership = read_record::<StoredMembership>(&tree, KEY_MEMBERSHIP)
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        self.apply_entries(entries).await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.begin_snapshot_build()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        self.install_snapshot_state(meta, snapshot).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.load_current_snapshot().await
+    }
+}

@@ -1,0 +1,179 @@
+//! Reads of the applied state: [`StateReader`], the read-only handle the node's services hold,
+//! and the range queries it answers ([`RangeQuery`], [`RangeResult`], [`prefix_end`]).
+//!
+//! Reads never write. They hold the shared state's read lock, which `apply` takes exclusively
+//! while a batch lands, so a range is read at exactly one applied index.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::layout::{data_key, read_record, StoredValue, DATA_PREFIX, KEY_REMOVED_IDS};
+use super::Shared;
+use crate::codec;
+use crate::command::KeyValue;
+use crate::error::StoreError;
+
+/// The smallest key greater than every key starting with `prefix`, or `None` when no such key
+/// exists (the prefix is empty or all 0xFF bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A key range to read: `[start, end)` (no upper bound when `end` is `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeQuery {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+    /// At most this many key-values are returned (`more` tells whether there were others).
+    pub limit: usize,
+    pub keys_only: bool,
+    pub count_only: bool,
+    pub reverse: bool,
+    /// Stop before the returned keys and values exceed this many bytes (`more` is then set);
+    /// the first key-value is always returned. `None`: no byte limit.
+    pub byte_budget: Option<usize>,
+}
+
+/// The answer to a [`RangeQuery`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    /// With `count_only`, the number of matching keys; otherwise the number of `kvs`.
+    pub count: u64,
+    /// The applied index the whole result was read at.
+    pub revision: u64,
+}
+
+/// Read-only access to the applied state, shared with the node's gRPC services. Cheap to clone.
+#[derive(Clone)]
+pub struct StateReader {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl StateReader {
+    /// The index of the last log entry applied (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.shared.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The cluster id recorded in the state (0 until the first leader has set it).
+    pub fn cluster_id(&self) -> u64 {
+        self.shared.cluster_id.load(Ordering::Acquire)
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        let state = self.shared.state();
+        match state.tree.get(data_key(key))? {
+            None => Ok(None),
+            Some(bytes) => {
+                let stored: StoredValue = codec::decode(&bytes)?;
+                Ok(Some(stored.into_key_value(key.to_vec())))
+            }
+        }
+    }
+
+    /// Reads a range of keys in key order (or reverse order).
+    pub fn range(&self, q: &RangeQuery) -> Result<RangeResult, StoreError> {
+        let start = data_key(&q.start);
+        let end = match &q.end {
+            Some(end) => Bound::Excluded(data_key(end)),
+            None => Bound::Excluded(vec![DATA_PREFIX + 1]),
+        };
+        // The read lock keeps applies out for the whole scan: one consistent revision.
+        let state = self.shared.state();
+        let revision = self.applied_index();
+        let iter = state.tree.range::<Vec<u8>, _>((Bound::Included(start), end));
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if q.reverse {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
+        let mut out = RangeResult {
+            revision,
+            ..Default::default()
+        };
+        let mut bytes = 0usize;
+        for item in iter {
+            let (k, v) = item?;
+            if q.count_only {
+                out.count += 1;
+                continue;
+            }
+            if out.kvs.len() >= q.limit {
+                out.more = true;
+                break;
+            }
+            let stored: StoredValue = codec::decode(&v)?;
+            let mut kv = stored.into_key_value(k[1..].to_vec());
+            if q.keys_only {
+                kv.value = Vec::new();
+            }
+            let size = kv.key.len() + kv.value.len();
+            if q.byte_budget
+                .is_some_and(|budget| !out.kvs.is_empty() && bytes + size > budget)
+            {
+                out.more = true;
+                break;
+            }
+            bytes += size;
+            out.kvs.push(kv);
+        }
+        if !q.count_only {
+            out.count = out.kvs.len() as u64;
+        }
+        Ok(out)
+    }
+
+    /// Ids of nodes that were removed from the cluster; they must never be reused.
+    pub fn removed_ids(&self) -> Result<BTreeSet<u64>, StoreError> {
+        let state = self.shared.state();
+        Ok(read_record(&state.tree, KEY_REMOVED_IDS)?.unwrap_or_default())
+    }
+
+    /// Checks the checksum of every state record (O(n), at start); an error names the record.
+    pub fn verify(&self) -> Result<usize, StoreError> {
+        crate::verify_tree(&self.shared.state().tree, |key| {
+            format!("state record {:?}", String::from_utf8_lossy(key))
+        })
+    }
+
+    /// Whether the state holds any user key (for start-up consistency checks).
+    pub fn has_user_data(&self) -> Result<bool, StoreError> {
+        let state = self.shared.state();
+        Ok(state.tree.scan_prefix([DATA_PREFIX]).next().transpose()?.is_some())
+    }
+
+    /// Every user key-value in key order (for tests and consistency checks; O(n) memory).
+    pub fn dump(&self) -> Result<Vec<KeyValue>, StoreError> {
+        Ok(self
+            .range(&RangeQuery {
+                limit: usize::MAX,
+                ..Default::default()
+            })?
+            .kvs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_that_can_be() {
+        assert_eq!(prefix_end(b"abc"), Some(b"abd".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
