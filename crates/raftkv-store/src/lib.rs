@@ -147,7 +147,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Opens sled. A database closed a moment ago in this same process (a restart in tests, or an
 /// embedder reopening) may still be locked while sled's background flusher winds down, so a
 /// lock conflict is retried for up to [`LOCK_WAIT`]; another process holding it is reported.
-fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+pub(crate) fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
     let started = std::time::Instant::now();
     loop {
         let opened = sled::Config::new()
