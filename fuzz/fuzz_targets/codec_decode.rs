@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use raftkv_store::codec;
 use raftkv_store::command::Request;
 use raftkv_store::types::{Entry, LogId, SnapshotMeta, StoredMembership, Vote};
-use raftkv_store::{NodeId, TypeConfig};
+use raftkv_store::TypeConfig;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, payload)) = data.split_first() else {
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         3 => drop(codec::decode::<Option<LogId>>(payload)),
         4 => drop(codec::decode::<StoredMembership>(payload)),
         5 => drop(codec::decode::<SnapshotMeta>(payload)),
-        6 => drop(codec::decode::<openraft::raft::VoteRequest<NodeId>>(payload)),
+        6 => drop(codec::decode::<openraft::raft::VoteRequest<TypeConfig>>(payload)),
         _ => drop(codec::decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(payload)),
     }
 });

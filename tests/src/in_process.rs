@@ -1,5 +1,6 @@
 //! `InProcessCluster`: N raftkv nodes inside the test process, talking gRPC over loopback.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -106,14 +107,14 @@ impl InProcessCluster {
             let leaders: Vec<Option<NodeId>> = self
                 .nodes
                 .values()
-                .map(|n| n.raft.metrics().borrow().current_leader)
+                .map(|n| n.raft.metrics().borrow_watched().current_leader)
                 .collect();
             let leader = leaders[0]?;
             let agreed = leaders.iter().all(|l| *l == Some(leader));
             let is_leader = self
                 .nodes
                 .get(&leader)
-                .is_some_and(|n| n.raft.metrics().borrow().state == ServerState::Leader);
+                .is_some_and(|n| n.raft.metrics().borrow_watched().state == ServerState::Leader);
             (agreed && is_leader).then_some(leader)
         })
         .await

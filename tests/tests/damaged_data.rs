@@ -1,6 +1,7 @@
 //! A node whose stored data was damaged after it was written refuses to start, and says which
 //! item in which file is damaged and what to do; with the damage undone it starts and catches up.
 
+use openraft::async_runtime::WatchReceiver;
 use std::path::Path;
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ async fn a_damaged_log_entry_or_snapshot_stops_the_node_at_start() -> anyhow::Re
             .node(victim)
             .raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .snapshot
             .is_some()
             .then_some(())

@@ -2,6 +2,7 @@
 //! once — on the node that takes it, after a leader change, and on a follower that got the
 //! session table through a snapshot.
 
+use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 
 use raftkv_client::pb::kv_client::KvClient;
@@ -95,14 +96,14 @@ async fn a_follower_restored_from_a_snapshot_still_recognizes_retries() -> anyho
         client.put(format!("filler-{i}"), "x").await?;
     }
     wait::until(T, "the leader to purge behind a snapshot", || async {
-        let purged = cluster.node(leader).raft.metrics().borrow().purged;
+        let purged = cluster.node(leader).raft.metrics().borrow_watched().purged;
         purged.filter(|p| p.index > first + 5)
     })
     .await?;
     cluster.restart(follower).await?;
     let caught_up = client.put("caught-up", "x").await?;
     cluster.wait_applied(caught_up.revision, T).await?;
-    let snapshot = cluster.node(follower).raft.metrics().borrow().snapshot;
+    let snapshot = cluster.node(follower).raft.metrics().borrow_watched().snapshot;
     assert!(
         snapshot.is_some_and(|s| s.index > first),
         "the follower was restored from a snapshot"

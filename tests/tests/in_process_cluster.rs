@@ -1,6 +1,7 @@
 //! Three nodes in one process over loopback gRPC: election, replication, leader hints,
 //! failover after a leader shutdown, restart from the data dir, and refusal of bad input.
 
+use openraft::async_runtime::WatchReceiver;
 use std::time::Duration;
 
 use raftkv_client::pb::kv_client::KvClient;
@@ -218,7 +219,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> anyhow::Re
     // openraft purges once no replication task is reading the logs to purge; the stopped
     // follower's retries are in backoff most of the time, so the purge comes shortly.
     let purged = raftkv_tests::wait::until(T, "the leader to purge its log behind a snapshot", || async {
-        let purged = cluster.node(leader).raft.metrics().borrow().purged;
+        let purged = cluster.node(leader).raft.metrics().borrow_watched().purged;
         purged.map(|p| p.index).filter(|p| *p > 10)
     })
     .await?;
@@ -226,7 +227,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> anyhow::Re
     tracing::info!(follower, "--- restart it: only a snapshot can bring it up to date");
     cluster.restart(follower).await?;
     cluster.wait_applied(last.revision, T).await?;
-    let snapshot = cluster.node(follower).raft.metrics().borrow().snapshot;
+    let snapshot = cluster.node(follower).raft.metrics().borrow_watched().snapshot;
     assert!(
         snapshot.is_some_and(|s| s.index >= purged),
         "follower installed a snapshot covering the purged log: {snapshot:?} vs purged {purged}"
@@ -253,7 +254,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() -> anyhow::Result<()> {
         cluster
             .running()
             .into_iter()
-            .map(|id| cluster.node(id).raft.metrics().borrow().current_term)
+            .map(|id| cluster.node(id).raft.metrics().borrow_watched().current_term)
             .max()
             .unwrap_or(0)
     };

@@ -1,6 +1,7 @@
 //! Growing, shrinking and compacting a cluster: a node added behind a snapshot, a node removed,
 //! a bounded log under steady overwrites — on an in-process cluster.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +48,7 @@ async fn add_a_node_behind_a_snapshot_then_remove_another_while_writes_continue(
         client.put(format!("data/{i:04}"), vec![b'v'; 512]).await?;
     }
     wait::until(T, "the leader to purge its log", || async {
-        let purged = cluster.node(leader).raft.metrics().borrow().purged;
+        let purged = cluster.node(leader).raft.metrics().borrow_watched().purged;
         purged.filter(|p| p.index > 100)
     })
     .await?;
@@ -63,7 +64,7 @@ async fn add_a_node_behind_a_snapshot_then_remove_another_while_writes_continue(
         .await?;
     let four = members.members.iter().find(|m| m.id == 4).expect("node 4 listed");
     assert!(four.voter, "node 4 was promoted");
-    let snapshot = cluster.node(4).raft.metrics().borrow().snapshot;
+    let snapshot = cluster.node(4).raft.metrics().borrow_watched().snapshot;
     assert!(
         snapshot.is_some_and(|s| s.index > 100),
         "node 4 caught up by snapshot: {snapshot:?}"
@@ -156,7 +157,7 @@ async fn steady_overwrites_keep_the_log_bounded() -> anyhow::Result<()> {
     for id in cluster.running() {
         let node = cluster.node(id);
         wait::until(T, &format!("node {id} to purge"), || async {
-            let purged = node.raft.metrics().borrow().purged;
+            let purged = node.raft.metrics().borrow_watched().purged;
             purged.filter(|p| p.index > 600)
         })
         .await?;

@@ -1,6 +1,7 @@
 //! Reads from any node at a chosen consistency, batched read-index rounds, transactions,
 //! range pagination and range deletes — on an in-process three-node cluster.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +83,7 @@ async fn a_deposed_leader_never_serves_an_old_linearizable_read() -> anyhow::Res
         cluster.node(*id).faults.block(old);
     }
     let new = wait::until(T, "a new leader among the others", || async {
-        let m = cluster.node(others[0]).raft.metrics().borrow().clone();
+        let m = cluster.node(others[0]).raft.metrics().borrow_watched().clone();
         m.current_leader.filter(|l| *l != old && others.contains(l))
     })
     .await?;

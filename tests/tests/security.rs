@@ -1,6 +1,7 @@
 //! Who may call what, and how much: tokens and roles, the limits on one request, and shedding
 //! calls past a node's capacity instead of queueing them without bound.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -225,7 +226,7 @@ async fn cut_off_the_leader(cluster: &InProcessCluster) -> anyhow::Result<u64> {
     for _ in 0..5 {
         let leader = cluster.wait_for_leader(T).await?;
         cut_off(cluster, leader);
-        let m = cluster.node(leader).raft.metrics().borrow().clone();
+        let m = cluster.node(leader).raft.metrics().borrow_watched().clone();
         if m.state == openraft::ServerState::Leader && m.current_leader == Some(leader) {
             return Ok(leader);
         }

@@ -2,6 +2,7 @@
 //! certificates and refuses plaintext, strangers and certificates from another CA; a node whose
 //! peer certificate the cluster's peer CA did not sign can neither replicate nor vote.
 
+use openraft::async_runtime::WatchReceiver;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -109,9 +110,9 @@ async fn a_node_without_a_peer_certificate_from_the_cluster_ca_cannot_replicate_
     .await?;
 
     let leader = wait::until(T, "nodes 1 and 2 to agree on a leader among them", || async {
-        let l1 = cluster.node(1).raft.metrics().borrow().current_leader?;
-        let l2 = cluster.node(2).raft.metrics().borrow().current_leader?;
-        let leading = cluster.node(l1).raft.metrics().borrow().state == ServerState::Leader;
+        let l1 = cluster.node(1).raft.metrics().borrow_watched().current_leader?;
+        let l2 = cluster.node(2).raft.metrics().borrow_watched().current_leader?;
+        let leading = cluster.node(l1).raft.metrics().borrow_watched().state == ServerState::Leader;
         (l1 == l2 && l1 != 3 && leading).then_some(l1)
     })
     .await?;
@@ -126,11 +127,11 @@ async fn a_node_without_a_peer_certificate_from_the_cluster_ca_cannot_replicate_
             .await?;
     }
 
-    let metrics = cluster.node(leader).raft.metrics().borrow().clone();
+    let metrics = cluster.node(leader).raft.metrics().borrow_watched().clone();
     let matched_3 = metrics.replication.as_ref().and_then(|r| r.get(&3).cloned()).flatten();
     assert_eq!(matched_3, None, "the leader never had an entry acknowledged by node 3");
     assert_eq!(cluster.applied_index(3), 0, "node 3 holds nothing");
-    let node3 = cluster.node(3).raft.metrics().borrow().clone();
+    let node3 = cluster.node(3).raft.metrics().borrow_watched().clone();
     assert_ne!(node3.state, ServerState::Leader);
     assert_ne!(node3.current_leader, Some(3));
     cluster.shutdown().await;

@@ -123,10 +123,10 @@ mod tests {
 
     #[test]
     fn openraft_entry_round_trips() {
-        use crate::types::{Entry, LogId};
-        use openraft::{CommittedLeaderId, EntryPayload};
+        use crate::types::{Entry, LeaderId, LogId};
+        use openraft::EntryPayload;
         let entry = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(3, 2), 17),
+            log_id: LogId::new(LeaderId { term: 3, node_id: 2 }, 17),
             payload: EntryPayload::Normal(sample_request()),
         };
         let back: Entry = decode(&encode(&entry).unwrap()).unwrap();

@@ -15,6 +15,21 @@ pub struct Request {
     pub command: Command,
 }
 
+impl std::fmt::Display for Request {
+    /// What openraft prints of an entry: the kind of command, not its keys or values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.command {
+            Command::Put { .. } => "put".to_string(),
+            Command::Delete { .. } => "delete".to_string(),
+            Command::SetClusterId { .. } => "set-cluster-id".to_string(),
+            Command::DeleteRange { .. } => "delete-range".to_string(),
+            Command::Txn(_) => "txn".to_string(),
+            Command::Batch(writes) => format!("batch of {}", writes.len()),
+        };
+        write!(f, "{kind} @{}ms", self.timestamp_ms)
+    }
+}
+
 /// `(client_id, seq)` of a client write, for exactly-once application (Raft thesis §6.3).
 ///
 /// A client numbers its writes and retries a write with the same number. `acked_below` is the

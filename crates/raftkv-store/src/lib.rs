@@ -22,7 +22,7 @@
 
 // openraft's storage traits fix `StorageError` (~224 bytes) as the error type; helpers return
 // it too so `?` works across them. Errors are the cold path here.
-#![allow(clippy::result_large_err)]
+
 
 pub mod codec;
 pub mod command;
@@ -56,6 +56,11 @@ pub trait StoreObserver: Send + Sync + 'static {
     /// One group-commit fsync acknowledged `appends` `append` calls at once.
     fn log_flush_batch(&self, _appends: usize) {}
 }
+
+/// Most bytes of entries one AppendEntries carries (a single entry larger than this still goes
+/// alone). openraft gives an AppendEntries one heartbeat interval to be sent, written by the
+/// follower and answered.
+pub const MAX_APPEND_BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// The observer used when nobody asks for timings.
 pub struct NoTimings;

@@ -18,8 +18,8 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +27,7 @@ use std::time::Instant;
 use crate::codec;
 use crate::durable::DurableDb;
 use crate::error::StoreError;
-use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
+use crate::types::{storage_error, Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 use crate::StoreObserver;
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -61,7 +61,7 @@ struct GroupCommitter {
 }
 
 struct CommitterThread {
-    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<IOFlushed<TypeConfig>>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -77,7 +77,7 @@ impl Drop for CommitterThread {
 
 impl GroupCommitter {
     fn start(db: DurableDb, observer: Arc<dyn StoreObserver>) -> std::io::Result<Self> {
-        let (queue, waiting) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (queue, waiting) = std::sync::mpsc::channel::<IOFlushed<TypeConfig>>();
         let thread = std::thread::Builder::new()
             .name("raftkv-log-flush".into())
             .spawn(move || {
@@ -89,7 +89,7 @@ impl GroupCommitter {
                     observer.fsync(started.elapsed());
                     observer.log_flush_batch(batch.len());
                     for callback in batch {
-                        callback.log_io_completed(
+                        callback.io_completed(
                             result
                                 .as_ref()
                                 .map_err(|e| std::io::Error::other(e.to_string()))
@@ -107,7 +107,7 @@ impl GroupCommitter {
     }
 
     /// Queues `callback` for the next fsync; hands it back if the flush thread is gone.
-    fn submit(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
+    fn submit(&self, callback: IOFlushed<TypeConfig>) -> Result<(), IOFlushed<TypeConfig>> {
         match &*self.inner.queue.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(queue) => queue.send(callback).map_err(|e| e.0),
             None => Err(callback),
@@ -125,16 +125,24 @@ fn index_of(key: &[u8]) -> u64 {
     <[u8; 8]>::try_from(key).map_or(key.len() as u64, u64::from_be_bytes)
 }
 
-fn io_err<E: std::error::Error + 'static>(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &E) -> StorageError {
-    StorageIOError::new(subject, verb, openraft::AnyError::new(e)).into()
+/// What a storage error was about (openraft adds no more than "log I/O failed").
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    Logs,
+    Vote,
+    Store,
 }
 
-fn read_logs_err<E: std::error::Error + 'static>(e: &E) -> StorageError {
-    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+fn io_err<E: std::fmt::Display>(subject: Subject, verb: &str, e: &E) -> StorageError {
+    storage_error(&format!("{verb} {subject:?}"), e)
 }
 
-fn write_logs_err<E: std::error::Error + 'static>(e: &E) -> StorageError {
-    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+fn read_logs_err<E: std::fmt::Display>(e: &E) -> StorageError {
+    io_err(Subject::Logs, "reading", e)
+}
+
+fn write_logs_err<E: std::fmt::Display>(e: &E) -> StorageError {
+    io_err(Subject::Logs, "writing", e)
 }
 
 impl LogStore {
@@ -159,17 +167,17 @@ impl LogStore {
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
-        subject: ErrorSubject<u64>,
+        subject: Subject,
     ) -> Result<Option<T>, StorageError> {
         match self
             .meta
             .get(key)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?
+            .map_err(|e| io_err(subject, "reading", &e))?
         {
             None => Ok(None),
             Some(bytes) => codec::decode(&bytes)
                 .map(Some)
-                .map_err(|e| io_err(subject, ErrorVerb::Read, &e)),
+                .map_err(|e| io_err(subject, "decoding", &e)),
         }
     }
 
@@ -177,27 +185,27 @@ impl LogStore {
         &self,
         key: &[u8],
         value: &T,
-        subject: ErrorSubject<u64>,
+        subject: Subject,
     ) -> Result<(), StorageError> {
-        let bytes = codec::encode(value).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
+        let bytes = codec::encode(value).map_err(|e| io_err(subject, "encoding", &e))?;
         self.meta
             .insert(key, bytes)
-            .map_err(|e| io_err(subject, ErrorVerb::Write, &e))?;
+            .map_err(|e| io_err(subject, "writing", &e))?;
         Ok(())
     }
 
-    async fn fsync(&self, subject: ErrorSubject<u64>) -> Result<(), StorageError> {
-        self.flush().await.map_err(|e| io_err(subject, ErrorVerb::Write, &e))
+    async fn fsync(&self, subject: Subject) -> Result<(), StorageError> {
+        self.flush().await.map_err(|e| io_err(subject, "flushing", &e))
     }
 
     /// The last purged log id, if any.
     pub fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
-        self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)
+        self.read_meta(KEY_LAST_PURGED, Subject::Logs)
     }
 
     /// The saved vote, if any (synchronous form of `read_vote`, for start-up checks).
     pub fn vote(&self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+        self.read_meta(KEY_VOTE, Subject::Vote)
     }
 
     /// Checks the checksum of every entry held (O(n), at start); an error names the entry.
@@ -256,6 +264,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         Ok(entries)
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.vote()
+    }
+
+    /// The entries replication sends in one AppendEntries: `[start, end)`, cut off once they
+    /// hold [`MAX_APPEND_BATCH_BYTES`](crate::MAX_APPEND_BATCH_BYTES) (at least one entry, so a
+    /// large entry still goes alone).
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for item in self.log.range(index_key(start)..index_key(end)) {
+            let (_, value) = item.map_err(|e| read_logs_err(&e))?;
+            if !entries.is_empty() && bytes + value.len() > crate::MAX_APPEND_BATCH_BYTES {
+                break;
+            }
+            bytes += value.len();
+            entries.push(codec::decode(&value).map_err(|e| read_logs_err(&e))?);
+        }
+        Ok(entries)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -275,27 +307,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote)?;
-        self.fsync(ErrorSubject::Vote).await
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.vote()
+        self.write_meta(KEY_VOTE, vote, Subject::Vote)?;
+        self.fsync(Subject::Vote).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not fsynced on its own: losing it only means re-learning the commit index from the
         // leader. The next append or vote flush makes it durable.
-        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store)
+        self.write_meta(KEY_COMMITTED, &committed, Subject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self
-            .read_meta::<Option<LogId>>(KEY_COMMITTED, ErrorSubject::Store)?
+            .read_meta::<Option<LogId>>(KEY_COMMITTED, Subject::Store)?
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -312,28 +340,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(callback) = self.committer.submit(callback) {
             // The flush thread is gone (it never ends while a LogStore lives, but be safe).
             self.flush().await.map_err(|e| write_logs_err(&e))?;
-            callback.log_io_completed(Ok(()));
+            callback.io_completed(Ok(()));
         }
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        tracing::debug!(from = %log_id, "truncating log tail");
+    async fn truncate_after(&mut self, last_kept: Option<LogId>) -> Result<(), StorageError> {
+        tracing::debug!(after = ?last_kept, "truncating log tail");
+        // Keeps `last_kept` itself (openraft 0.10; 0.9's `truncate(id)` removed `id` too).
+        let from = last_kept.map_or(0, |l| l.index + 1);
         let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(log_id.index)..) {
+        for item in self.log.range(index_key(from)..) {
             let (key, _) = item.map_err(|e| read_logs_err(&e))?;
             batch.remove(key);
         }
         self.log.apply_batch(batch).map_err(|e| write_logs_err(&e))?;
-        self.fsync(ErrorSubject::Logs).await
+        self.fsync(Subject::Logs).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(upto = %log_id, "purging log head");
         // Record the purge point durably first: a crash half-way must not leave a hole that
         // get_log_state cannot explain.
-        self.write_meta(KEY_LAST_PURGED, &log_id, ErrorSubject::Logs)?;
-        self.fsync(ErrorSubject::Logs).await?;
+        self.write_meta(KEY_LAST_PURGED, &log_id, Subject::Logs)?;
+        self.fsync(Subject::Logs).await?;
         let mut batch = sled::Batch::default();
         for item in self.log.range(..=index_key(log_id.index)) {
             let (key, _) = item.map_err(|e| read_logs_err(&e))?;

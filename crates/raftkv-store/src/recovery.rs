@@ -12,13 +12,13 @@ use std::io::Cursor;
 use std::path::Path;
 
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
-use openraft::{CommittedLeaderId, Membership, RaftLogReader, RaftSnapshotBuilder};
+use openraft::{Membership, RaftLogReader, RaftSnapshotBuilder};
 
 use crate::codec;
 use crate::error::StoreError;
 use crate::snapshot::SnapshotPayload;
 use crate::state_machine::KEY_CLUSTER_ID;
-use crate::types::{LogId, SnapshotMeta, StorageError, StoredMembership, Vote};
+use crate::types::{LeaderId, LogId, SnapshotMeta, StorageError, StoredMembership, Vote};
 use crate::{NodeAddr, NodeId, StoreConfig};
 
 fn storage(what: &str) -> impl Fn(StorageError) -> StoreError + '_ {
@@ -55,7 +55,7 @@ pub async fn export_state(dir: &Path, include_uncommitted: bool) -> Result<(Vec<
             .map_err(storage("the log"))?;
         store
             .state_machine
-            .apply(entries)
+            .apply_entries(entries)
             .await
             .map_err(storage("the state machine"))?;
     }
@@ -99,16 +99,25 @@ pub async fn restore_single_node(
             detail: "it already holds data; restore into an empty data dir".into(),
         });
     }
-    let log_id = LogId::new(CommittedLeaderId::new(last_term, node), last_index);
-    let membership = Membership::new(vec![[node].into()], BTreeMap::from([(node, addr)]));
+    let log_id = LogId::new(
+        LeaderId {
+            term: last_term,
+            node_id: node,
+        },
+        last_index,
+    );
+    let membership =
+        Membership::new(vec![[node].into()], BTreeMap::from([(node, addr)])).map_err(|e| StoreError::Corrupt {
+            what: "the restored membership".into(),
+            detail: e.to_string(),
+        })?;
     let meta = SnapshotMeta {
         last_log_id: Some(log_id),
         last_membership: StoredMembership::new(Some(log_id), membership),
-        snapshot_id: format!("restored-{last_term}-{last_index}"),
     };
     store
         .state_machine
-        .install_snapshot(&meta, Box::new(Cursor::new(data)))
+        .install_snapshot(&meta, Cursor::new(data))
         .await
         .map_err(storage("the restored state"))?;
     store

@@ -4,32 +4,32 @@
 use std::collections::BTreeMap;
 
 use openraft::storage::RaftStateMachine;
-use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::{EntryPayload, Membership, RaftSnapshotBuilder};
 use raftkv_store::command::{Command, Request};
-use raftkv_store::types::{Entry, LogId, StorageError};
+use raftkv_store::types::{Entry, LeaderId, LogId};
 use raftkv_store::{LogStore, NodeAddr, StateMachineStore, StoreConfig, TypeConfig};
 use tempfile::TempDir;
 
 struct SledStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStoreBuilder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), openraft::StorageError<TypeConfig>> {
         let dir = TempDir::new().expect("temp dir");
         let store = raftkv_store::open(dir.path(), &StoreConfig::default()).expect("open store");
         Ok((dir, store.log_store, store.state_machine))
     }
 }
 
-#[test]
-fn sled_store_passes_openraft_storage_suite() {
-    if let Err(e) = Suite::test_all(SledStoreBuilder) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_passes_openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(SledStoreBuilder).await {
         panic!("storage suite failed: {e}");
     }
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(term, 1), index)
+    LogId::new(LeaderId { term, node_id: 1 }, index)
 }
 
 fn put(term: u64, index: u64, key: &str, value: &str) -> Entry {
@@ -50,7 +50,7 @@ fn membership_entry(term: u64, index: u64) -> Entry {
     let nodes = BTreeMap::from([(1u64, NodeAddr::default())]);
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], nodes)),
+        payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], nodes).expect("valid membership")),
     }
 }
 
@@ -61,7 +61,7 @@ async fn applied_state_and_revisions_survive_reopen() {
         let mut store = raftkv_store::open(dir.path(), &StoreConfig::default()).unwrap();
         store
             .state_machine
-            .apply(vec![
+            .apply_entries(vec![
                 membership_entry(1, 1),
                 put(1, 2, "a", "1"),
                 put(1, 3, "a", "2"),
@@ -92,12 +92,12 @@ async fn snapshot_install_replaces_state_wholesale() {
     let mut follower = raftkv_store::open(follower_dir.path(), &StoreConfig::default()).unwrap();
     leader
         .state_machine
-        .apply(vec![membership_entry(1, 1), put(1, 2, "a", "new"), put(1, 3, "b", "b")])
+        .apply_entries(vec![membership_entry(1, 1), put(1, 2, "a", "new"), put(1, 3, "b", "b")])
         .await
         .unwrap();
     follower
         .state_machine
-        .apply(vec![put(1, 1, "a", "old"), put(1, 2, "c", "stale")])
+        .apply_entries(vec![put(1, 1, "a", "old"), put(1, 2, "c", "stale")])
         .await
         .unwrap();
 

@@ -1,10 +1,9 @@
 //! Reads from the applied state: Range order, limits, paging by count and by bytes, and the
 //! keys-only / count-only / reverse variants.
 
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::EntryPayload;
 use raftkv_store::command::{Command, Request};
-use raftkv_store::types::{Entry, LogId};
+use raftkv_store::types::{Entry, LeaderId, LogId};
 use raftkv_store::{prefix_end, RangeQuery, StoreConfig};
 use tempfile::TempDir;
 
@@ -15,7 +14,7 @@ async fn store_with(keys: &[(&str, usize)]) -> (TempDir, raftkv_store::Store) {
         .iter()
         .enumerate()
         .map(|(i, (k, size))| Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+            log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, i as u64 + 1),
             payload: EntryPayload::Normal(Request::new(
                 Command::Put {
                     key: k.as_bytes().to_vec(),
@@ -26,7 +25,7 @@ async fn store_with(keys: &[(&str, usize)]) -> (TempDir, raftkv_store::Store) {
             )),
         })
         .collect();
-    store.state_machine.apply(entries).await.unwrap();
+    store.state_machine.apply_entries(entries).await.unwrap();
     (dir, store)
 }
 

@@ -2,15 +2,15 @@
 //! produces is exactly the state at that point, however much changes during the build.
 
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
 use raftkv_store::command::{Command, KeyValue, Request};
-use raftkv_store::types::{Entry, LogId};
+use raftkv_store::types::{Entry, LeaderId, LogId};
 use raftkv_store::StoreConfig;
 use tempfile::TempDir;
 
 fn entry(index: u64, command: Command) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index),
         payload: EntryPayload::Normal(Request::new(command, 0)),
     }
 }
@@ -51,8 +51,8 @@ async fn a_snapshot_is_the_state_at_its_point_even_if_applies_continue_during_th
     let (_a, mut live) = open();
     let (_b, mut reference) = open();
     let before: Vec<Entry> = (1..=100).map(|i| put(i, &format!("k{i:03}"), "v0")).collect();
-    live.state_machine.apply(before.clone()).await.unwrap();
-    reference.state_machine.apply(before).await.unwrap();
+    live.state_machine.apply_entries(before.clone()).await.unwrap();
+    reference.state_machine.apply_entries(before).await.unwrap();
 
     // The snapshot point is here.
     let mut builder = live.state_machine.get_snapshot_builder().await;
@@ -69,7 +69,7 @@ async fn a_snapshot_is_the_state_at_its_point_even_if_applies_continue_during_th
             index += 1;
             batch.push(put(index, &format!("new{i:03}"), "x"));
         }
-        live.state_machine.apply(batch).await.unwrap();
+        live.state_machine.apply_entries(batch).await.unwrap();
     }
     assert_ne!(dump(&live), dump(&reference), "the live state moved on");
 
@@ -104,9 +104,9 @@ async fn a_snapshot_is_the_state_at_its_point_even_if_applies_continue_during_th
 #[tokio::test]
 async fn a_builder_dropped_without_building_leaves_nothing_behind() {
     let (_a, mut live) = open();
-    live.state_machine.apply([put(1, "a", "1")]).await.unwrap();
+    live.state_machine.apply_entries([put(1, "a", "1")]).await.unwrap();
     drop(live.state_machine.get_snapshot_builder().await);
-    live.state_machine.apply([put(2, "a", "2")]).await.unwrap();
+    live.state_machine.apply_entries([put(2, "a", "2")]).await.unwrap();
     let snapshot = live
         .state_machine
         .get_snapshot_builder()

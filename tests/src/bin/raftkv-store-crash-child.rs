@@ -6,10 +6,10 @@
 
 use std::io::Write;
 
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::{EntryPayload, RaftLogReader};
 use raftkv_store::command::{Command, Request};
-use raftkv_store::types::{Entry, LogId, Vote};
+use raftkv_store::types::{Entry, LeaderId, LogId, Vote};
 use raftkv_store::StoreConfig;
 
 fn main() {
@@ -40,7 +40,7 @@ async fn run(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     writeln!(out, "vote {term}")?;
     loop {
         let entry = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), next),
+            log_id: LogId::new(LeaderId { term, node_id: 1 }, next),
             payload: EntryPayload::Normal(Request::new(
                 Command::Put {
                     key: b"k".to_vec(),
@@ -51,7 +51,7 @@ async fn run(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
             )),
         };
         store.log_store.blocking_append([entry.clone()]).await?;
-        store.state_machine.apply([entry]).await?;
+        store.state_machine.apply_entries([entry]).await?;
         writeln!(out, "acked {next}")?;
         out.flush()?;
         next += 1;

@@ -5,6 +5,7 @@
 //! It lives in the API room, not in [`NodeCore`], so the write and read paths know nothing of
 //! metrics: the services time their calls here and hand the work to the core.
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -53,7 +54,7 @@ impl ApiCalls {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_string();
-        let term = core.raft.metrics().borrow().current_term;
+        let term = core.raft.metrics().borrow_watched().current_term;
         let span = tracing::info_span!("request", node = core.id, rpc, request_id = %request_id, term);
         let call = async {
             // A removed node still answers Status (operators need to see it), nothing else.

@@ -1,6 +1,7 @@
 //! `raftkv.v1.Cluster`: what a node knows about itself and the cluster, membership changes,
 //! snapshots and backups.
 
+use openraft::async_runtime::WatchReceiver;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -62,10 +63,11 @@ impl ClusterService {
     /// Builds a snapshot covering at least everything applied now; returns it.
     async fn fresh_snapshot(&self) -> Result<raftkv_store::types::Snapshot, ApiError> {
         let raft = &self.core.raft;
-        let applied = raft.metrics().borrow().last_applied;
-        let covered =
-            |m: &openraft::RaftMetrics<u64, NodeAddr>| m.snapshot.map(|s| s.index) >= applied.map(|a| a.index);
-        if !covered(&raft.metrics().borrow()) {
+        let applied = raft.metrics().borrow_watched().last_applied;
+        let covered = |m: &openraft::RaftMetrics<raftkv_store::TypeConfig>| {
+            m.snapshot.map(|s| s.index) >= applied.map(|a| a.index)
+        };
+        if !covered(&raft.metrics().borrow_watched()) {
             raft.trigger()
                 .snapshot()
                 .await
@@ -178,12 +180,8 @@ impl Cluster for ClusterService {
             .serve("Status", request, |_request| async move {
                 let core = &self.core;
                 // Clone what we need and drop the borrow at once: holding it would block Raft.
-                let m = core.raft.metrics().borrow().clone();
-                let committed = core
-                    .raft
-                    .with_raft_state(|s| s.committed)
-                    .await
-                    .map_err(|e| Status::unavailable(format!("node {} is shutting down: {e}", core.id)))?;
+                let m = core.raft.metrics().borrow_watched().clone();
+                let committed = m.local_committed;
                 let membership = m.membership_config.membership();
                 let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
                 let members = membership

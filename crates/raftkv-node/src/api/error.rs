@@ -17,9 +17,9 @@
 //! | Overloaded       | RESOURCE_EXHAUSTED | `overloaded`    | yes, after a backoff            |
 //! | NoSpace          | RESOURCE_EXHAUSTED | `no-space`      | no: free disk space first       |
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::errors::{ClientWriteError, ForwardReason, ForwardToLeader, LinearizableReadError, RaftError};
 use raftkv_proto::{error_kind, metadata};
-use raftkv_store::{NodeAddr, NodeId};
+use raftkv_store::{NodeId, TypeConfig};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
@@ -63,7 +63,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Builds the "go to the leader" answer from openraft's forward hint.
-    pub fn forward(this: NodeId, f: &ForwardToLeader<NodeId, NodeAddr>) -> Self {
+    pub fn forward(this: NodeId, f: &ForwardToLeader<TypeConfig>) -> Self {
         match (f.leader_id, &f.leader_node) {
             (Some(leader_id), Some(node)) if leader_id != this => Self::NotLeader {
                 this,
@@ -72,16 +72,22 @@ impl ApiError {
             },
             _ => Self::NoLeader {
                 this,
-                detail: String::new(),
+                detail: match f.reason {
+                    ForwardReason::LeaseExpired => {
+                        "it was leader but has not heard from a majority within the election timeout".into()
+                    }
+                    ForwardReason::LeadershipTransfer => "leadership is being handed to another node".into(),
+                    ForwardReason::NotLeader => String::new(),
+                },
             },
         }
     }
 
     /// Maps a failed linearizable-read barrier.
-    pub fn from_read_barrier(this: NodeId, e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>) -> Self {
+    pub fn from_read_barrier(this: NodeId, e: RaftError<TypeConfig, LinearizableReadError<TypeConfig>>) -> Self {
         match e {
-            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Self::forward(this, &f),
-            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => Self::NoLeader {
+            RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => Self::forward(this, &f),
+            RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)) => Self::NoLeader {
                 this,
                 detail: format!("leadership could not be confirmed: {q}"),
             },
@@ -89,13 +95,20 @@ impl ApiError {
         }
     }
 
-    /// Maps a failed `client_write`. A forward hint here means the entry was never appended, or
-    /// was truncated away by a new leader (so it can never commit): the write did not happen.
-    /// A fatal error means Raft stopped while the write may have been in flight.
-    pub fn from_client_write(this: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Self {
+    /// Maps a failed `client_write`. A forward hint means the proposal was refused before its
+    /// entry was appended: the write did not happen. A discarded entry (this node's copy was
+    /// replaced by a new leader's log) may still have committed through another node, and a
+    /// fatal error means Raft stopped while the write may have been in flight: both are
+    /// indeterminate.
+    pub fn from_client_write(this: NodeId, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Self {
         match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Self::forward(this, &f),
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => Self::Indeterminate(format!(
+                "node {this} lost leadership before the write was known committed; {}",
+                Self::forward(this, &f)
+            )),
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Self::Storage(c.to_string()),
+            RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => Self::FailedPrecondition(p.to_string()),
             RaftError::Fatal(f) => Self::Indeterminate(format!("node {this} stopped: {f}")),
         }
     }
@@ -182,7 +195,7 @@ mod tests {
 
     #[test]
     fn forward_without_leader_is_no_leader() {
-        let f = ForwardToLeader::<NodeId, NodeAddr>::empty();
+        let f = ForwardToLeader::<TypeConfig>::empty();
         assert!(matches!(ApiError::forward(3, &f), ApiError::NoLeader { this: 3, .. }));
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use raftkv_proto::v1::cluster_server::ClusterServer;
 use raftkv_proto::v1::kv_server::KvServer;
@@ -46,6 +47,9 @@ use crate::ops::metrics::NodeMetrics;
 /// Largest client request accepted: a maximal value plus room for the key and framing, so an
 /// oversized value gets our own clear InvalidArgument rather than a transport error.
 const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * MAX_VALUE_BYTES;
+/// How often, and how far apart, a new leader tries to record the cluster id.
+const CLUSTER_ID_ATTEMPTS: u32 = 20;
+const CLUSTER_ID_RETRY: Duration = Duration::from_millis(50);
 /// How long shutdown waits for in-flight client requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -163,7 +167,9 @@ impl RunningNode {
             .validate()
             .map_err(|e| StartupError::Config(crate::boot::config::ConfigError::InitialCluster(e.to_string())))?;
         let handle = store.handle.clone();
-        let raft = Raft::new(
+        // Built, not started: what must hold before the first tick (an election hold after a
+        // restart) is set up first, then `run` starts Raft.
+        let raft = Raft::build(
             config.id,
             Arc::new(raft_config),
             network.clone(),
@@ -198,6 +204,7 @@ impl RunningNode {
             // A restart: do not depose a healthy leader before it has had time to reach us.
             assist.hold_elections_after_restart();
         }
+        raft.run();
         let peer_service = PeerService::new(
             raft.clone(),
             me,
@@ -419,12 +426,32 @@ async fn watch_leadership(core: NodeCore, metrics_sink: Arc<NodeMetrics>, mut sh
             let core = core.clone();
             tokio::spawn(async move {
                 let cluster_id = rand::random::<u64>() | 1;
-                match core.write(Command::SetClusterId { cluster_id }, None).await {
-                    Ok(Response::ClusterId { cluster_id }) => {
-                        tracing::info!(cluster_id = format!("{cluster_id:016x}"), "cluster id set")
+                // A new leader refuses writes until a quorum has acknowledged it (openraft's
+                // check-quorum lease), so the first try may come too early: retry while this
+                // node still leads in this term.
+                for attempt in 0..CLUSTER_ID_ATTEMPTS {
+                    if attempt > 0 {
+                        tokio::time::sleep(CLUSTER_ID_RETRY).await;
                     }
-                    Ok(other) => tracing::warn!(?other, "unexpected reply to SetClusterId"),
-                    Err(e) => tracing::debug!("cluster id not recorded yet: {e}"),
+                    let still_leading = {
+                        let m = core.raft.metrics();
+                        let m = m.borrow_watched();
+                        m.state == ServerState::Leader && m.vote.leader_id().term == term
+                    };
+                    if !still_leading || core.store.reader().cluster_id() != 0 {
+                        return;
+                    }
+                    match core.write(Command::SetClusterId { cluster_id }, None).await {
+                        Ok(Response::ClusterId { cluster_id }) => {
+                            tracing::info!(cluster_id = format!("{cluster_id:016x}"), "cluster id set");
+                            return;
+                        }
+                        Ok(other) => {
+                            tracing::warn!(?other, "unexpected reply to SetClusterId");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(attempt, "cluster id not recorded yet: {e}"),
+                    }
                 }
             });
         }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use openraft::error::{InitializeError, RaftError};
+use openraft::errors::{InitializeError, RaftError};
 use raftkv_proto::v1::raft_peer_client::RaftPeerClient;
 use raftkv_proto::v1::HelloRequest;
 use raftkv_store::types::Raft;

@@ -2,6 +2,7 @@
 //! paths every client call goes through. It knows nothing of metrics or health: those observe
 //! it ([`crate::ops`]), and the API times its calls itself ([`crate::api::call`]).
 
+use openraft::async_runtime::WatchReceiver;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use raftkv_proto::v1::{Consistency, ResponseHeader};
@@ -35,7 +36,7 @@ impl NodeCore {
     pub fn header(&self) -> ResponseHeader {
         let (term, leader) = {
             let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             (m.current_term, m.current_leader)
         };
         ResponseHeader {

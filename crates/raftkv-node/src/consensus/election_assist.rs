@@ -30,6 +30,7 @@
 //! above already makes happen at once, so [`without_greater_log_hint`] removes the hint from
 //! refusals before openraft sees them.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 use raftkv_store::types::Raft;
 use raftkv_store::{LogId, NodeId};
 
-type VoteResponse = openraft::raft::VoteResponse<NodeId>;
+type VoteResponse = openraft::raft::VoteResponse<raftkv_store::TypeConfig>;
 
 /// How long a restarted node waits to hear from a leader before it may campaign: two of
 /// openraft 0.9's retry intervals for an unreachable peer (500 ms).
@@ -121,7 +122,7 @@ impl ElectionAssist {
         }
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let my_term = inner.raft.metrics().borrow().vote.leader_id().term;
+            let my_term = inner.raft.metrics().borrow_watched().vote.leader_id().term;
             // Each election raises the term by one; end strictly above the candidate's.
             let rounds = (vote.candidate_term + 1).saturating_sub(my_term).clamp(1, 3);
             tracing::info!(
@@ -131,7 +132,7 @@ impl ElectionAssist {
                 "the leader is silent and a candidate with a shorter log asked for a vote: campaigning now"
             );
             for _ in 0..rounds {
-                if let Err(e) = inner.raft.trigger().elect().await {
+                if let Err(e) = inner.raft.trigger().elect(false).await {
                     tracing::warn!(error = %e, "could not start an election");
                     return;
                 }
@@ -168,10 +169,10 @@ pub fn should_assist(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::CommittedLeaderId;
+    use raftkv_store::types::LeaderId;
 
     fn log(index: u64) -> Option<LogId> {
-        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+        Some(LogId::new(LeaderId { term: 1, node_id: 1 }, index))
     }
 
     fn refused(candidate_term: u64, candidate_last: u64, mine: u64) -> RefusedVote {

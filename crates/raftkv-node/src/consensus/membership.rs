@@ -8,14 +8,15 @@
 //! - a node is promoted only once it is within [`PROMOTE_LAG`] entries of the leader;
 //! - the last voter cannot be removed.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use raftkv_proto::v1::raft_peer_client::RaftPeerClient;
 use raftkv_proto::v1::{MemberInfo, RemovedRequest};
-use raftkv_store::{NodeAddr, NodeId};
+use raftkv_store::{NodeAddr, NodeId, TypeConfig};
 
 use crate::api::error::ApiError;
 use crate::consensus::core::NodeCore;
@@ -25,23 +26,30 @@ use crate::consensus::transport::network::PeerNetwork;
 pub const PROMOTE_LAG: u64 = 100;
 /// How long an add waits for the learner to catch up before giving up (it stays a learner).
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
-fn change_error(this: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> ApiError {
-    match e {
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
-            ApiError::FailedPrecondition(format!(
-                "another membership change is still in progress ({p}); retry when it has finished"
-            ))
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::LearnerNotFound(l))) => {
-            ApiError::FailedPrecondition(format!(
-                "node {} is not a learner of this cluster; add it first (raftkv member add)",
-                l.node_id
-            ))
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::EmptyMembership(_))) => {
+fn change_error(this: NodeId, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ApiError {
+    let change = match e {
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => c,
+        other => return ApiError::from_client_write(this, other),
+    };
+    match change {
+        ChangeMembershipError::InProgress(p) => ApiError::FailedPrecondition(format!(
+            "another membership change is still in progress ({p}); retry when it has finished"
+        )),
+        ChangeMembershipError::LearnerNotFound(l) => ApiError::FailedPrecondition(format!(
+            "node {} is not a learner of this cluster; add it first (raftkv member add)",
+            l.node_id
+        )),
+        ChangeMembershipError::EmptyMembership(_) => {
             ApiError::FailedPrecondition("the change would leave the cluster without voters".into())
         }
-        other => ApiError::from_client_write(this, other),
+        ChangeMembershipError::UncommittedLeaderLog(u) => ApiError::NoLeader {
+            this,
+            detail: format!("the new leader has not committed an entry of its term yet ({u}); retry shortly"),
+        },
+        ChangeMembershipError::NodeMetadataChanged(n) => ApiError::FailedPrecondition(format!(
+            "{n}; a member's addresses cannot be changed by a membership change"
+        )),
+        ChangeMembershipError::UnsupportedMembershipTransition(u) => ApiError::FailedPrecondition(u.to_string()),
     }
 }
 
@@ -54,7 +62,7 @@ fn valid_addr(what: &str, addr: &str) -> Result<(), ApiError> {
 
 /// The members as the leader sees them.
 pub fn members(core: &NodeCore) -> Vec<MemberInfo> {
-    let m = core.raft.metrics().borrow().clone();
+    let m = core.raft.metrics().borrow_watched().clone();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let last_log = m.last_log_index.unwrap_or(0);
@@ -83,7 +91,7 @@ pub fn members(core: &NodeCore) -> Vec<MemberInfo> {
 fn require_leader(core: &NodeCore) -> Result<(), ApiError> {
     let (state, leader) = {
         let m = core.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         (m.state, m.current_leader)
     };
     if state == ServerState::Leader {
@@ -92,7 +100,7 @@ fn require_leader(core: &NodeCore) -> Result<(), ApiError> {
     let addr = leader.and_then(|l| {
         core.raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .membership_config
             .membership()
             .get_node(&l)
@@ -126,7 +134,7 @@ pub async fn add(core: &NodeCore, id: NodeId, addr: NodeAddr, learner_only: bool
         )));
     }
     let existing: BTreeMap<NodeId, (NodeAddr, bool)> = {
-        let m = core.raft.metrics().borrow().clone();
+        let m = core.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         membership
@@ -159,7 +167,7 @@ pub async fn add(core: &NodeCore, id: NodeId, addr: NodeAddr, learner_only: bool
 
 /// Waits until node `id` is within [`PROMOTE_LAG`] entries of the leader.
 async fn wait_caught_up(core: &NodeCore, id: NodeId) -> Result<(), ApiError> {
-    let lagging = |m: &openraft::RaftMetrics<NodeId, NodeAddr>| {
+    let lagging = |m: &openraft::RaftMetrics<raftkv_store::TypeConfig>| {
         let last = m.last_log_index.unwrap_or(0);
         let matched = m
             .replication
@@ -195,7 +203,7 @@ pub async fn promote(core: &NodeCore, id: NodeId) -> Result<(), ApiError> {
 pub async fn remove(core: &NodeCore, peers: &PeerNetwork, id: NodeId) -> Result<(), ApiError> {
     require_leader(core)?;
     let (node, is_voter, voters) = {
-        let m = core.raft.metrics().borrow().clone();
+        let m = core.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         (membership.get_node(&id).cloned(), voters.contains(&id), voters.len())
@@ -226,7 +234,7 @@ pub async fn remove(core: &NodeCore, peers: &PeerNetwork, id: NodeId) -> Result<
         let still_there = core
             .raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .membership_config
             .membership()
             .get_node(&id)

@@ -13,6 +13,7 @@
 //! ends, one new round serves every queued read. Under load the number of rounds grows with the
 //! round-trip time, not with the read rate.
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,7 +147,7 @@ impl ReadPath {
                 async move {
                     let (state, leader, leader_peer_addr) = {
                         let m = raft.metrics();
-                        let m = m.borrow();
+                        let m = m.borrow_watched();
                         let addr = m
                             .current_leader
                             .and_then(|l| m.membership_config.membership().get_node(&l))
@@ -171,8 +172,9 @@ impl ReadPath {
 }
 
 async fn confirm_leadership(id: NodeId, raft: &Raft) -> Result<u64, ApiError> {
-    match raft.get_read_log_id().await {
-        Ok((read_log_id, _applied)) => Ok(read_log_id.map_or(0, |l| l.index)),
+    // ReadIndex: a quorum confirms the leadership for this read (no clock-based lease).
+    match raft.get_read_log_id(openraft::ReadPolicy::ReadIndex).await {
+        Ok((read_log_id, _applied)) => Ok(read_log_id.index()),
         Err(e) => Err(ApiError::from_read_barrier(id, e)),
     }
 }

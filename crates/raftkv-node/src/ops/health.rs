@@ -11,6 +11,7 @@
 //! health service (`grpc.health.v1.Health`, service names `""` and `raftkv.v1.KV`), `/readyz` on
 //! the metrics port, and the `raftkv_serving` gauge.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -107,26 +108,19 @@ impl HealthState {
 type InCommittedMembership = Option<bool>;
 
 async fn inputs(core: &NodeCore, election_max_ms: u64) -> (HealthInputs, InCommittedMembership) {
-    let m = core.raft.metrics().borrow().clone();
-    let id = core.id;
-    let (committed, in_committed) = core
-        .raft
-        .with_raft_state(move |s| {
-            let membership = s.membership_state.committed();
-            let present = membership
-                .log_id()
-                .is_some()
-                .then(|| membership.membership().get_node(&id).is_some());
-            (s.committed, present)
-        })
-        .await
-        .unwrap_or((None, None));
+    let m = core.raft.metrics().borrow_watched().clone();
+    let membership = m.committed_membership_config.clone();
+    let in_committed = membership
+        .log_id()
+        .is_some()
+        .then(|| membership.membership().get_node(&core.id).is_some());
+    let committed = m.local_committed;
     let committed = committed.map_or(0, |c| c.index);
     let inputs = HealthInputs {
         state: m.state,
         is_member: m.membership_config.membership().get_node(&core.id).is_some() && !core.removal.is_removed(),
         leader: m.current_leader,
-        millis_since_quorum_ack: m.millis_since_quorum_ack,
+        millis_since_quorum_ack: raftkv_store::types::quorum_ack_age_ms(&m),
         committed,
         applied: m.last_applied.map_or(0, |l| l.index),
         election_max_ms,

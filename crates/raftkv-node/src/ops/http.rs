@@ -5,6 +5,7 @@
 //! [`StateReadings`] and hands it to [`NodeMetrics`]: observing is one-way, nothing it reads
 //! knows it is being watched.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -22,13 +23,8 @@ use crate::ops::metrics::{NodeMetrics, StateReadings};
 
 /// Reads the state the gauges show.
 pub async fn readings(core: &NodeCore, health: &HealthState) -> StateReadings {
-    let raft = core.raft.metrics().borrow().clone();
-    let committed_index = core
-        .raft
-        .with_raft_state(|s| s.committed)
-        .await
-        .ok()
-        .map(|c| c.map_or(0, |c| c.index));
+    let raft = core.raft.metrics().borrow_watched().clone();
+    let committed_index = Some(raft.local_committed.map_or(0, |c| c.index));
     StateReadings {
         raft,
         committed_index,

@@ -15,7 +15,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use raftkv_store::{NodeAddr, NodeId, StoreObserver};
+use raftkv_store::{StoreObserver, TypeConfig};
 
 /// Latency buckets, seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -24,7 +24,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// The node's state as one scrape sees it: what the gauges are set from.
 pub struct StateReadings {
-    pub raft: RaftMetrics<NodeId, NodeAddr>,
+    pub raft: RaftMetrics<TypeConfig>,
     /// The commit index, when Raft could be asked for it.
     pub committed_index: Option<u64>,
     pub db_size_bytes: u64,
@@ -271,7 +271,7 @@ impl NodeMetrics {
             }
         }
         self.millis_since_quorum_ack
-            .set(m.millis_since_quorum_ack.map_or(-1, as_i64));
+            .set(raftkv_store::types::quorum_ack_age_ms(m).map_or(-1, as_i64));
         self.serving.set(i64::from(r.serving));
         Self::mirror(&self.linearizable_reads, r.linearizable_reads);
         Self::mirror(&self.read_index_rounds, r.read_index_rounds);

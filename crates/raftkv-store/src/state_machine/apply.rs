@@ -20,8 +20,10 @@ use crate::sessions::{session_key, Admission, SessionRecord, SESSION_GC_INTERVAL
 use crate::types::{Entry, StorageError, StoredMembership};
 
 impl StateMachineStore {
-    /// `RaftStateMachine::apply`: applies `entries` as one batch and returns their responses.
-    pub(super) async fn apply_entries<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    /// Applies `entries` as one atomic batch and returns their responses, one per entry
+    /// (`RaftStateMachine::apply` answers the waiting clients with them; recovery and tests call
+    /// this directly).
+    pub async fn apply_entries<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
     where
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,

@@ -38,18 +38,19 @@ mod reads;
 mod snapshot_build;
 mod snapshot_install;
 
-use std::io::Cursor;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::ErrorVerb;
 
-use crate::command::Response;
 use crate::durable::DurableDb;
 use crate::error::StoreError;
 use crate::snapshot::SnapshotFiles;
-use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    storage_error, LogId, Snapshot, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use crate::StoreObserver;
 use layout::{
     read_record, state_tree_name, CONTROL_TREE, KEY_GENERATION, KEY_LAST_APPLIED, KEY_MEMBERSHIP, STATE_TREE_PREFIX,
@@ -61,11 +62,11 @@ pub use reads::{prefix_end, RangeQuery, RangeResult, StateReader};
 pub use snapshot_build::StateSnapshotBuilder;
 
 fn sm_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageError {
-    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(e)).into()
+    storage_error(&format!("state machine {verb:?}"), e)
 }
 
 fn snapshot_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(e)).into()
+    storage_error(&format!("snapshot {verb:?}"), e)
 }
 
 fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
@@ -164,6 +165,7 @@ impl StateMachineStore {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -177,27 +179,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    /// Takes every entry openraft offers in one go (the stream must be drained), applies them
+    /// as one atomic batch, and only then answers the clients waiting on them: an answer never
+    /// goes out before a read on this node can see its write.
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
-        I::IntoIter: openraft::OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>> + Unpin + openraft::OptionalSend,
     {
-        self.apply_entries(entries).await
+        let (entries, responders): (Vec<_>, Vec<_>) = entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        let responses = self.apply_entries(entries).await?;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.begin_snapshot_build()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), StorageError> {
         self.install_snapshot_state(meta, snapshot).await
     }
 

@@ -158,6 +158,8 @@ impl Drop for StateSnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
+    type SnapshotData = crate::types::SnapshotData;
+
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let r = |e: StoreError| snapshot_err(ErrorVerb::Read, &e);
         let (last_applied, last_membership) = match self.point.take() {
@@ -186,17 +188,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
             .await
             .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?
             .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let snapshot_id = match &last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, millis),
-            None => format!("0-0-{millis}"),
-        };
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership,
-            snapshot_id,
         };
         let files = self.snapshots.clone();
         let (meta_c, data_c) = (meta.clone(), data.clone());
@@ -204,10 +198,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateSnapshotBuilder {
             .await
             .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?
             .map_err(|e| snapshot_err(ErrorVerb::Write, &e))?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Cursor::new(data),
         })
     }
 }

@@ -14,16 +14,16 @@ use super::layout::{state_tree_name, KEY_CLUSTER_ID, KEY_GENERATION, KEY_LAST_AP
 use super::{sm_err, snapshot_err, StateMachineStore, StateTree};
 use crate::codec;
 use crate::snapshot::{Record, SnapshotPayload};
-use crate::types::{Snapshot, SnapshotMeta, StorageError};
+use crate::types::{Snapshot, SnapshotData, SnapshotMeta, StorageError};
 
 impl StateMachineStore {
     /// `RaftStateMachine::install_snapshot`: replaces the state with the snapshot's.
     pub(super) async fn install_snapshot_state(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: SnapshotData,
     ) -> Result<(), StorageError> {
-        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installing snapshot");
+        tracing::info!(last_log_id = ?meta.last_log_id, "installing snapshot");
         let data = snapshot.into_inner();
         let payload: SnapshotPayload = codec::decode(&data).map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
 
@@ -103,7 +103,7 @@ impl StateMachineStore {
             .map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
         Ok(loaded.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Cursor::new(data),
         }))
     }
 }

@@ -7,38 +7,43 @@
 //! - Failures are classified the way openraft's replication expects: a peer that cannot be
 //!   reached is `Unreachable` (openraft backs off), a deadline is `Timeout`, anything else on
 //!   the wire is `Network`, and an error returned by the remote Raft is `RemoteError`.
-//! - An AppendEntries batch over [`APPEND_BYTES_BUDGET`] is refused locally as
-//!   `PayloadTooLarge` with a hint, so openraft retries with fewer entries.
+//! - Each peer reply carries `Result<response, PeerFailure>`: a remote Raft that has stopped
+//!   answers with a [`PeerFailure`], seen here as `Unreachable` (openraft backs off).
+//! - A snapshot streams in chunks ([`full_snapshot`](PeerClient)); each chunk must be taken by
+//!   the peer within the RPC deadline, so a large snapshot is never cut off for its size.
+//! - AppendEntries batches are kept under [`APPEND_BYTES_BUDGET`] by the log reader
+//!   (raftkv-store's `limited_get_log_entries`), not here.
 //! - [`LinkFaults`] lets tests cut links between in-process nodes.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout, Unreachable,
-};
-use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
 };
 use raftkv_proto::v1::raft_peer_client::RaftPeerClient;
 use raftkv_proto::v1::RaftMessage;
 use raftkv_store::codec;
+use raftkv_store::types::{Snapshot, SnapshotData, Vote};
 use raftkv_store::{NodeAddr, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 /// Largest peer message, in bytes (AppendEntries batches, snapshot chunks).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// Soft size budget of one AppendEntries. openraft 0.9 gives every AppendEntries one heartbeat
-/// interval (50 ms by default) to be sent, fsynced by the follower and answered; a batch larger
-/// than this is refused locally as `PayloadTooLarge`, and openraft resends fewer entries. A
-/// single entry is always sent, whatever its size.
-pub const APPEND_BYTES_BUDGET: usize = 2 * 1024 * 1024;
+/// Soft size budget of one AppendEntries: openraft gives each one heartbeat interval to be
+/// sent, fsynced by the follower and answered, so the log reader stops a batch at this many
+/// bytes (a single entry is always sent, whatever its size).
+pub const APPEND_BYTES_BUDGET: usize = raftkv_store::MAX_APPEND_BATCH_BYTES;
+/// How long a peer may take to install a snapshot once it has all of it.
+const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Snapshot chunk size openraft uses when sending a snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// How long establishing a TCP connection to a peer may take.
@@ -114,6 +119,19 @@ pub struct WipedPeer {
 #[derive(Debug, thiserror::Error)]
 #[error("link to node {0} is cut (test fault injection)")]
 struct LinkCut(NodeId);
+
+/// A peer's Raft could not handle a request (it stopped, or its storage failed). What a peer
+/// sends back instead of a response; its own type, so the wire does not carry openraft's error
+/// types.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("node {node}: {message}")]
+pub struct PeerFailure {
+    pub node: NodeId,
+    pub message: String,
+}
+
+/// What every peer reply's payload decodes to.
+pub type PeerReply<T> = Result<T, PeerFailure>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid peer address {addr:?}: {reason}")]
@@ -222,116 +240,226 @@ pub struct PeerClient {
     incarnations: IncarnationRegistry,
 }
 
-type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, E>>;
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+/// Which peer RPC a call is.
+#[derive(Debug, Clone, Copy)]
+enum PeerRpc {
+    AppendEntries,
+    Vote,
+    PreVote,
+    TransferLeader,
+}
+
+impl PeerRpc {
+    /// openraft's name for it in timeouts (it has none for pre-vote: a vote round).
+    fn kind(self) -> RPCTypes {
+        match self {
+            PeerRpc::AppendEntries => RPCTypes::AppendEntries,
+            PeerRpc::Vote | PeerRpc::PreVote => RPCTypes::Vote,
+            PeerRpc::TransferLeader => RPCTypes::TransferLeader,
+        }
+    }
+}
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(
-        &mut self,
-        rpc: RPCTypes,
-        req: &Req,
-        entry_count: Option<usize>,
-        option: &RPCOption,
-    ) -> RpcResult<Resp, E>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
+    /// The channel to the peer, unless the link is cut or the address is bad (`Unreachable`).
+    fn reachable_channel(&self) -> Result<Channel, Unreachable<TypeConfig>> {
         if self.faults.is_blocked(self.target) {
-            return Err(RPCError::Unreachable(Unreachable::new(&LinkCut(self.target))));
+            return Err(Unreachable::new(&LinkCut(self.target)));
         }
-        let channel = match &self.channel {
-            Ok(c) => c.clone(),
-            Err(reason) => {
-                let e = BadPeerAddr {
-                    addr: self.addr.clone(),
-                    reason: reason.clone(),
-                };
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
-            }
-        };
-        let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if payload.len() > APPEND_BYTES_BUDGET {
-            if let Some(entries) = entry_count.filter(|n| *n > 1) {
-                let fit = (entries as u128 * APPEND_BYTES_BUDGET as u128 / payload.len() as u128).max(1);
-                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit as u64)));
-            }
-        }
-        let ttl = option.soft_ttl();
-        let mut request = tonic::Request::new(RaftMessage {
+        self.channel.clone().map_err(|reason| {
+            Unreachable::new(&BadPeerAddr {
+                addr: self.addr.clone(),
+                reason,
+            })
+        })
+    }
+
+    fn message(&self, payload: Vec<u8>) -> RaftMessage {
+        RaftMessage {
             payload,
             from: self.me.id,
             incarnation: self.me.incarnation,
-        });
+        }
+    }
+
+    fn timeout(&self, action: RPCTypes, ttl: Duration) -> Timeout<TypeConfig> {
+        Timeout {
+            action,
+            id: self.me.id,
+            target: self.target,
+            timeout: ttl,
+        }
+    }
+
+    /// A failed gRPC call, in openraft's terms.
+    fn status_error(&self, action: RPCTypes, ttl: Duration, status: tonic::Status) -> RPCError<TypeConfig> {
+        match status.code() {
+            Code::Unavailable | Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
+            Code::DeadlineExceeded | Code::Cancelled => RPCError::Timeout(self.timeout(action, ttl)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        }
+    }
+
+    /// Checks the replying peer's incarnation and decodes its payload.
+    fn open_reply<Resp: DeserializeOwned>(&self, reply: RaftMessage) -> RpcResult<Resp> {
+        if let Err(wiped) = self.incarnations.check(self.target, reply.incarnation) {
+            tracing::error!(peer = self.target, "{wiped}");
+            return Err(RPCError::Unreachable(Unreachable::new(&wiped)));
+        }
+        let result: PeerReply<Resp> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // A peer whose Raft stopped cannot help for a while: back off as for a peer that is down.
+        result.map_err(|failure| RPCError::Unreachable(Unreachable::new(&failure)))
+    }
+
+    async fn call<Req, Resp>(&mut self, rpc: PeerRpc, req: &Req, option: &RPCOption) -> RpcResult<Resp>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let channel = self.reachable_channel().map_err(RPCError::Unreachable)?;
+        let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let ttl = option.soft_ttl();
+        let mut request = tonic::Request::new(self.message(payload));
         request.set_timeout(ttl);
         let mut client = RaftPeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let call = async {
             match rpc {
-                RPCTypes::AppendEntries => client.append_entries(request).await,
-                RPCTypes::Vote => client.vote(request).await,
-                RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
+                PeerRpc::AppendEntries => client.append_entries(request).await,
+                PeerRpc::Vote => client.vote(request).await,
+                PeerRpc::PreVote => client.pre_vote(request).await,
+                PeerRpc::TransferLeader => client.transfer_leader(request).await,
             }
         };
-        let timeout_err = || {
-            RPCError::Timeout(Timeout {
-                action: rpc,
-                id: self.me.id,
-                target: self.target,
-                timeout: ttl,
-            })
-        };
-        let response = match tokio::time::timeout(ttl, call).await {
-            Err(_) => return Err(timeout_err()),
-            Ok(Err(status)) => {
-                return Err(match status.code() {
-                    Code::Unavailable | Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
-                    Code::DeadlineExceeded | Code::Cancelled => timeout_err(),
-                    _ => RPCError::Network(NetworkError::new(&status)),
-                })
-            }
-            Ok(Ok(r)) => r.into_inner(),
-        };
-        if let Err(wiped) = self.incarnations.check(self.target, response.incarnation) {
-            tracing::error!(peer = self.target, "{wiped}");
-            return Err(RPCError::Unreachable(Unreachable::new(&wiped)));
+        match tokio::time::timeout(ttl, call).await {
+            Err(_) => Err(RPCError::Timeout(self.timeout(rpc.kind(), ttl))),
+            Ok(Err(status)) => Err(self.status_error(rpc.kind(), ttl, status)),
+            Ok(Ok(reply)) => self.open_reply(reply.into_inner()),
         }
-        let result: Result<Resp, E> =
-            codec::decode(&response.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Streams `snapshot` to the peer: first `(vote, meta)`, then the data in chunks. Each
+    /// chunk must be taken within `chunk_ttl`; the peer then has [`SNAPSHOT_INSTALL_TIMEOUT`]
+    /// to install it and answer.
+    async fn send_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        chunk_bytes: usize,
+        chunk_ttl: Duration,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let channel = self.reachable_channel()?;
+        let head = codec::encode(&(vote, snapshot.meta)).map_err(|e| NetworkError::new(&e))?;
+        let data = snapshot.snapshot.into_inner();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RaftMessage>(1);
+        let messages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut client = RaftPeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let call = client.install_snapshot(messages);
+        tokio::pin!(call);
+        let mut pending = std::iter::once(head)
+            .chain(data.chunks(chunk_bytes.max(1)).map(<[u8]>::to_vec))
+            .map(|payload| self.message(payload));
+        // Feed the stream while driving the call: a chunk the peer does not take in time means
+        // the link or the peer is stuck.
+        for next in pending.by_ref() {
+            let send = tx.send_timeout(next, chunk_ttl);
+            tokio::select! {
+                sent = send => {
+                    if sent.is_err() {
+                        return Err(StreamingError::Timeout(self.timeout(RPCTypes::InstallSnapshot, chunk_ttl)));
+                    }
+                }
+                early = &mut call => {
+                    // The peer answered (or failed) before taking everything: a refusal.
+                    return self.snapshot_reply(early, chunk_ttl);
+                }
+            }
+        }
+        drop(tx);
+        match tokio::time::timeout(SNAPSHOT_INSTALL_TIMEOUT, call).await {
+            Err(_) => Err(StreamingError::Timeout(
+                self.timeout(RPCTypes::InstallSnapshot, SNAPSHOT_INSTALL_TIMEOUT),
+            )),
+            Ok(reply) => self.snapshot_reply(reply, chunk_ttl),
+        }
+    }
+
+    fn snapshot_reply(
+        &self,
+        reply: Result<tonic::Response<RaftMessage>, tonic::Status>,
+        ttl: Duration,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let rpc_error = match reply {
+            Ok(r) => match self.open_reply(r.into_inner()) {
+                Ok(resp) => return Ok(resp),
+                Err(e) => e,
+            },
+            Err(status) => self.status_error(RPCTypes::InstallSnapshot, ttl, status),
+        };
+        Err(match rpc_error {
+            RPCError::Timeout(t) => StreamingError::Timeout(t),
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Network(n) => StreamingError::Network(n),
+            RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+        })
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        let n = rpc.entries.len();
-        self.call(RPCTypes::AppendEntries, &rpc, Some(n), &option).await
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        self.call(PeerRpc::AppendEntries, &rpc, &option).await
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        self.call(RPCTypes::InstallSnapshot, &rpc, None, &option).await
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> RpcResult<VoteResponse<TypeConfig>> {
         let candidate_last_log = rpc.last_log_id;
-        let resp: VoteResponse<NodeId> = self.call(RPCTypes::Vote, &rpc, None, &option).await?;
+        let resp: VoteResponse<TypeConfig> = self.call(PeerRpc::Vote, &rpc, &option).await?;
         Ok(crate::consensus::election_assist::without_greater_log_hint(
             resp,
             candidate_last_log,
         ))
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        self.call(PeerRpc::PreVote, &rpc, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let chunk_bytes = option.snapshot_chunk_size().unwrap_or(SNAPSHOT_CHUNK_BYTES as usize);
+        let chunk_ttl = option.hard_ttl();
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = self.send_snapshot(vote, snapshot, chunk_bytes, chunk_ttl) => sent,
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        self.call(PeerRpc::TransferLeader, &req, &option).await
     }
 }
 
