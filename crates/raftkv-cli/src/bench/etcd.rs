@@ -5,9 +5,16 @@
 //! compare-and-swap is one Txn, like raftkv's. There are no client-side retries: a failed call is
 //! counted and the workload moves on, which is how etcd's own benchmark tool behaves.
 //!
+//! Driven at its best, as etcd's own `benchmark` tool drives it: writes go straight to the
+//! leader (a follower would forward them, one more hop), over `--connections` gRPC connections
+//! to it; reads over one connection per member per `--connections`, taken in turn. Each client
+//! object is pointed at one member, so no client-side balancer sits on the path.
+//!
 //! An error from a write counts as indeterminate unless the request cannot have reached a
 //! server (the connection was refused).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
@@ -17,7 +24,13 @@ use super::Target;
 
 #[derive(Clone)]
 pub struct EtcdDriver {
-    clients: Vec<Client>,
+    /// Where writes go: connections to the leader (or, with `Target::AnyNode`, clients that
+    /// balance over every member).
+    writers: Vec<Client>,
+    /// Where reads go: `readers[conn]` holds one client per member read from.
+    readers: Vec<Vec<Client>>,
+    /// Spreads reads over the members in turn.
+    next_read: Arc<AtomicUsize>,
     /// One client per endpoint, for per-member status calls.
     members: Vec<Client>,
 }
@@ -81,29 +94,53 @@ impl EtcdDriver {
             );
         }
         let mut this = EtcdDriver {
-            clients: Vec::new(),
+            writers: Vec::new(),
+            readers: Vec::new(),
+            next_read: Arc::new(AtomicUsize::new(0)),
             members,
         };
-        let serve: Vec<String> = match target {
-            Target::All => list,
-            Target::Leader => vec![this.leader().await?.addr],
+        let connect = |endpoints: Vec<String>| async move {
+            Client::connect(endpoints, Some(options(timeout)))
+                .await
+                .map_err(|e| error(e, false))
         };
-        for _ in 0..connections.max(1) {
-            this.clients.push(
-                Client::connect(&serve, Some(options(timeout)))
-                    .await
-                    .map_err(|e| error(e, false))?,
-            );
+        let connections = connections.max(1);
+        let leader = match target {
+            Target::AnyNode => None,
+            Target::Leader | Target::All => Some(this.leader().await?.addr),
+        };
+        for _ in 0..connections {
+            let writer = match &leader {
+                Some(addr) => connect(vec![addr.clone()]).await?,
+                None => connect(list.clone()).await?,
+            };
+            let readers = match target {
+                Target::Leader | Target::AnyNode => vec![writer.clone()],
+                Target::All => {
+                    let mut one_per_member = Vec::new();
+                    for e in &list {
+                        one_per_member.push(connect(vec![e.clone()]).await?);
+                    }
+                    one_per_member
+                }
+            };
+            this.writers.push(writer);
+            this.readers.push(readers);
         }
         Ok(this)
     }
 
-    fn client(&self, conn: usize) -> Client {
-        self.clients[conn % self.clients.len()].clone()
+    fn writer(&self, conn: usize) -> Client {
+        self.writers[conn % self.writers.len()].clone()
+    }
+
+    fn reader(&self, conn: usize) -> Client {
+        let members = &self.readers[conn % self.readers.len()];
+        members[self.next_read.fetch_add(1, Ordering::Relaxed) % members.len()].clone()
     }
 
     pub async fn put(&self, conn: usize, key: &[u8], value: &[u8]) -> Result<(), OpError> {
-        self.client(conn)
+        self.writer(conn)
             .put(key, value, None)
             .await
             .map(|_| ())
@@ -112,7 +149,7 @@ impl EtcdDriver {
 
     pub async fn get(&self, conn: usize, key: &[u8], linearizable: bool) -> Result<Option<Vec<u8>>, OpError> {
         let opts = (!linearizable).then(|| GetOptions::new().with_serializable());
-        let resp = self.client(conn).get(key, opts).await.map_err(|e| error(e, false))?;
+        let resp = self.reader(conn).get(key, opts).await.map_err(|e| error(e, false))?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -127,7 +164,7 @@ impl EtcdDriver {
             .when([Compare::value(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, new, None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client(conn).txn(txn).await.map_err(|e| error(e, true))?;
+        let resp = self.writer(conn).txn(txn).await.map_err(|e| error(e, true))?;
         if resp.succeeded() {
             return Ok(CasOutcome::Swapped);
         }
@@ -144,7 +181,7 @@ impl EtcdDriver {
                 .iter()
                 .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None))
                 .collect();
-            self.client(conn)
+            self.writer(conn)
                 .txn(Txn::new().and_then(ops))
                 .await
                 .map_err(|e| error(e, true))?;

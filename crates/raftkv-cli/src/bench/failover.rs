@@ -105,7 +105,7 @@ fn count(errors: &Mutex<BTreeMap<String, u64>>, kind: String) {
 pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettings) -> Result<FailoverReport, OpError> {
     args.validate().map_err(config_error)?;
     let endpoints = args.endpoints(raftkv_endpoints);
-    let driver = Driver::connect(args.driver, endpoints, args.connections, Target::All, client).await?;
+    let driver = Driver::connect(args.driver, endpoints, args.connections, Target::AnyNode, client).await?;
     let start_cluster =
         args.driver == DriverKind::Raftkv && !args.cluster_up_cmd.is_empty() && driver.max_term().await.is_err();
     if start_cluster {

@@ -65,6 +65,10 @@ pub enum Target {
     Leader,
     /// Writes to the leader, reads spread over every node.
     All,
+    /// Every request to whichever node the client picks, writes included (an etcd follower
+    /// forwards them to its leader); what the failover run uses, so writes follow a new leader.
+    #[value(skip)]
+    AnyNode,
 }
 
 #[derive(Debug, Args)]
@@ -418,6 +422,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
         target: match args.target {
             Target::Leader => "leader",
             Target::All => "all",
+            Target::AnyNode => "any",
         }
         .to_string(),
         clients: args.clients,
