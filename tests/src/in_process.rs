@@ -101,7 +101,9 @@ impl InProcessCluster {
         Client::new(config).expect("valid client config")
     }
 
-    /// Waits until every running node agrees on one leader, which is among them, and returns it.
+    /// Waits until every running node agrees on one leader, which is among them, and that
+    /// leader has settled in (the cluster id, a new cluster's first write, is recorded), and
+    /// returns it.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<NodeId> {
         wait::until(timeout, "an agreed leader", || async {
             let leaders: Vec<Option<NodeId>> = self
@@ -115,7 +117,11 @@ impl InProcessCluster {
                 .nodes
                 .get(&leader)
                 .is_some_and(|n| n.raft.metrics().borrow_watched().state == ServerState::Leader);
-            (agreed && is_leader).then_some(leader)
+            let settled = self
+                .nodes
+                .get(&leader)
+                .is_some_and(|n| n.store.reader().cluster_id() != 0);
+            (agreed && is_leader && settled).then_some(leader)
         })
         .await
     }

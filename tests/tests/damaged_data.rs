@@ -11,28 +11,44 @@ use raftkv_tests::wait;
 
 const T: Duration = Duration::from_secs(10);
 
-/// Flips the lowest bit of the last byte of the value under `key` in sled tree `tree`.
-fn flip_stored_byte(db_dir: &Path, tree: &str, key: &[u8]) -> anyhow::Result<()> {
-    let db = sled::open(db_dir)?;
-    let tree = db.open_tree(tree)?;
-    let mut value = tree.get(key)?.context("the stored value")?.to_vec();
-    let last = value.len() - 1;
-    value[last] ^= 0x01;
-    tree.insert(key, value)?;
-    db.flush()?;
-    Ok(())
-}
-
-fn flip_file_byte(path: &Path) -> anyhow::Result<()> {
+fn flip_file_byte_at(path: &Path, at: usize) -> anyhow::Result<()> {
     let mut bytes = std::fs::read(path)?;
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
+    bytes[at] ^= 0x01;
     std::fs::write(path, bytes)?;
     Ok(())
 }
 
-/// - A follower with a snapshot and a log is stopped, and one bit of its last log entry is
-///   flipped: it refuses to start, naming the entry, the file and the way out.
+fn flip_file_byte(path: &Path) -> anyhow::Result<()> {
+    let last = std::fs::metadata(path)?.len() as usize - 1;
+    flip_file_byte_at(path, last)
+}
+
+/// The newest write-ahead log segment in `wal_dir`, and the offset of the first byte of its
+/// last record's payload.
+fn last_record(wal_dir: &Path) -> anyhow::Result<(std::path::PathBuf, usize)> {
+    let mut segments: Vec<_> = std::fs::read_dir(wal_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let path = segments.pop().context("a log segment")?;
+    let bytes = std::fs::read(&path)?;
+    // Records follow the 16-byte header: len u32 LE, then 13 - 4 more header bytes, the payload
+    // and one trailer byte; the first all-zero header ends them.
+    let (mut at, mut last) = (16, None);
+    while at + 4 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+        if bytes[at..(at + 13).min(bytes.len())].iter().all(|b| *b == 0) {
+            break;
+        }
+        last = Some(at);
+        at += len + 14;
+    }
+    Ok((path, last.context("a log record")? + 13))
+}
+
+/// - A follower with a snapshot and a log is stopped, and one bit of its last log record is
+///   flipped: it refuses to start, naming the file, the record's offset and the way out.
 /// - The same for one bit of its snapshot file.
 /// - Undamaged again, it starts and catches up with the writes it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,21 +84,22 @@ async fn a_damaged_log_entry_or_snapshot_stops_the_node_at_start() -> anyhow::Re
     let dir = cluster.data_dir(victim);
     cluster.stop(victim).await;
 
-    // The database is closed again at the end of the statement (sled locks it while open).
-    let last_key = sled::open(dir.join("db"))?
-        .open_tree("raft_log")?
-        .last()?
-        .context("a log entry")?
-        .0
-        .to_vec();
-    let index = u64::from_be_bytes(last_key.as_slice().try_into()?);
-    flip_stored_byte(&dir.join("db"), "raft_log", &last_key)?;
+    // A flipped bit in the last, complete log record: damage, not a write cut short.
+    let (segment, payload_at) = last_record(&dir.join("wal"))?;
+    flip_file_byte_at(&segment, payload_at)?;
     let err = cluster.restart(victim).await.unwrap_err().to_string();
-    let entry = format!("Raft log entry {index} in {}", dir.join("db").display());
-    for needle in [entry.as_str(), "checksum mismatch", "is damaged", "Replacing a node"] {
+    let file = segment.display().to_string();
+    let offset = format!("record at offset {}", payload_at - 13);
+    for needle in [
+        file.as_str(),
+        offset.as_str(),
+        "checksum mismatch",
+        "is damaged",
+        "Replacing a node",
+    ] {
         assert!(err.contains(needle), "{needle:?} missing from: {err}");
     }
-    flip_stored_byte(&dir.join("db"), "raft_log", &last_key)?;
+    flip_file_byte_at(&segment, payload_at)?;
 
     let snapshot = dir.join("snapshot").join("current.snap");
     flip_file_byte(&snapshot)?;

@@ -77,6 +77,8 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() -> anyh
         c.data_dir = root.join(format!("node{}", c.id));
         c.min_free_mb = 24;
         c.cache_mb = 8;
+        // Three nodes' preallocated log segments must leave room on 96 MiB.
+        c.wal_segment_mb = 2;
     })
     .await?;
     let leader = cluster.wait_for_leader(T).await?;

@@ -19,6 +19,8 @@ pub enum StoreError {
     },
     #[error("{what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
+    #[error("data directory {dir} was written by an older raftkv, which kept the Raft log inside its sled database; this build keeps it in {dir}/wal. Move the data: with the old build, `raftkv backup FILE` from the running cluster; then, with this build, `raftkvd restore --from FILE --id N --data-dir NEW_DIR ...`, start that node, and add the others with empty data dirs (docs/operations.md, \"Upgrading to a new version\")")]
+    OldLayout { dir: String },
 }
 
 impl StoreError {

@@ -23,7 +23,6 @@
 // openraft's storage traits fix `StorageError` (~224 bytes) as the error type; helpers return
 // it too so `?` works across them. Errors are the cold path here.
 
-
 pub mod codec;
 pub mod command;
 pub mod durable;
@@ -34,6 +33,7 @@ pub mod sessions;
 mod snapshot;
 pub mod state_machine;
 pub mod types;
+pub mod wal;
 
 use std::path::{Path, PathBuf};
 
@@ -72,12 +72,15 @@ impl StoreObserver for NoTimings {}
 pub struct StoreConfig {
     /// sled's page cache size. sled's own default is 1 GiB; raftkv keeps it modest.
     pub cache_capacity_bytes: u64,
+    /// The Raft log's segment size, memory cache and I/O mode.
+    pub wal: wal::WalOptions,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             cache_capacity_bytes: 64 * 1024 * 1024,
+            wal: wal::WalOptions::default(),
         }
     }
 }
@@ -175,6 +178,25 @@ pub(crate) fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::
     }
 }
 
+/// The data directory's folder for the Raft log.
+pub const WAL_DIR: &str = "wal";
+
+/// sled trees that held the Raft log before it moved to its own write-ahead log.
+const OLD_LOG_TREES: [&str; 2] = ["raft_log", "raft_meta"];
+
+/// Refuses a data directory whose Raft log is still in sled (written by raftkv before the
+/// write-ahead log, 2026-12): it says how to move the data.
+fn refuse_log_in_sled(dir: &Path, db: &sled::Db) -> Result<(), StoreError> {
+    for name in OLD_LOG_TREES {
+        if db.tree_names().iter().any(|t| t.as_ref() == name.as_bytes()) && !db.open_tree(name)?.is_empty() {
+            return Err(StoreError::OldLayout {
+                dir: dir.display().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Opens (creating if needed) the store in `dir`.
 pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
     open_observed(dir, config, std::sync::Arc::new(NoTimings))
@@ -188,8 +210,15 @@ pub fn open_observed(
 ) -> Result<Store, StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
     let db = open_sled(&dir.join("db"), config.cache_capacity_bytes)?;
+    refuse_log_in_sled(dir, &db)?;
     let db = DurableDb::new(db, &dir.join("db")).map_err(|e| StoreError::io(&dir.join("db"), e))?;
-    let log_store = LogStore::open(&db, observer.clone())?;
+    let wal = wal::Wal::open(
+        std::sync::Arc::new(wal::StdDisk),
+        &dir.join(WAL_DIR),
+        config.wal.clone(),
+        observer.clone(),
+    )?;
+    let log_store = LogStore::new(wal);
     let snapshots = SnapshotFiles::new(dir.join("snapshot"))?;
     let state_machine = StateMachineStore::open(&db, snapshots.clone(), observer)?;
     let handle = StoreHandle {
@@ -215,9 +244,9 @@ impl StoreHandle {
         &self.dir
     }
 
-    /// Bytes on disk: the database plus the snapshot file.
+    /// Bytes on disk: the state database, the Raft log and the snapshot file.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.db().size_on_disk().unwrap_or(0) + self.snapshots.size_on_disk()
+        self.db.db().size_on_disk().unwrap_or(0) + self.log.wal().size_on_disk() + self.snapshots.size_on_disk()
     }
 
     /// Summarizes what the store holds.
@@ -247,7 +276,7 @@ impl StoreHandle {
             },
             other => other,
         };
-        let log_entries = self.log.verify().map_err(in_db)?;
+        let log_entries = self.log.verify()?;
         let state_records = self.reader.verify().map_err(in_db)?;
         let snapshot_bytes = self.snapshots.verify()?;
         Ok(VerifyReport {
@@ -266,5 +295,11 @@ impl StoreHandle {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Waits until every log write submitted so far is durable.
+    pub async fn sync_log(&self) -> Result<(), StoreError> {
+        let dir = self.dir.join(WAL_DIR);
+        self.log.wal().sync().await.map_err(|e| StoreError::io(&dir, e))
     }
 }

@@ -123,6 +123,10 @@ impl RunningNode {
         let found_identity = identity::load(&config.data_dir, config.id)?;
         let store_config = StoreConfig {
             cache_capacity_bytes: config.cache_mb * 1024 * 1024,
+            wal: raftkv_store::wal::WalOptions {
+                segment_bytes: config.wal_segment_mb.saturating_mul(1024 * 1024),
+                ..Default::default()
+            },
         };
         let metrics = NodeMetrics::new(config.id).map_err(|e| StartupError::Io(format!("metrics: {e}")))?;
         let data_dir = config.data_dir.clone();
@@ -137,6 +141,12 @@ impl RunningNode {
                         dir: config.data_dir.display().to_string(),
                         what: format!("a record read at open in {}", config.data_dir.join("db").display()),
                         detail: c.to_string(),
+                    },
+                    // A damaged write-ahead log record, found while the log is opened.
+                    raftkv_store::StoreError::Corrupt { what, detail } => StartupError::DamagedDataDir {
+                        dir: config.data_dir.display().to_string(),
+                        what,
+                        detail,
                     },
                     other => other.into(),
                 })?;
