@@ -94,6 +94,10 @@ pub struct BenchArgs {
     /// Measure this many operations instead of a duration.
     #[arg(long)]
     pub total: Option<u64>,
+    /// get, mixed, txn: pause after writing the key space, before the warm-up, so the
+    /// background work that load sets off is not measured.
+    #[arg(long, default_value = "5s", value_parser = DurationArg::zero_allowed)]
+    pub preload_settle: DurationArg,
     /// Time at the start that is run but not measured (0s: none).
     #[arg(long, default_value = "2s", value_parser = DurationArg::zero_allowed)]
     pub warmup: DurationArg,
@@ -344,10 +348,15 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
     )
     .await?;
     let value = vec![b'v'; args.value_size];
-    match args.workload {
-        Workload::Get | Workload::Mixed => preload(&driver, &keys, &value, 16).await?,
-        Workload::Txn => preload(&driver, &keys, b"0", 16).await?,
-        Workload::Put | Workload::Failover => {}
+    let preloaded = match args.workload {
+        Workload::Get | Workload::Mixed => preload(&driver, &keys, &value, 16).await.map(|_| true)?,
+        Workload::Txn => preload(&driver, &keys, b"0", 16).await.map(|_| true)?,
+        Workload::Put | Workload::Failover => false,
+    };
+    if preloaded {
+        // Writing the whole key space sets off background work (etcd snapshots its log every
+        // 100,000 entries; raftkv builds snapshots too): let it finish before measuring reads.
+        tokio::time::sleep(args.preload_settle.0).await;
     }
 
     let term_before = driver.max_term().await.ok();
