@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not compiled in: a build script reused from another checkout of the
+    // same tree (a shared target dir) must still find this checkout's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["raftkv/v1/kv.proto", "raftkv/v1/raft.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
