@@ -230,6 +230,13 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     }
 }
 
+/// A peer API client for Raft messages, which may be as large as [`MAX_PEER_MESSAGE_BYTES`].
+fn raft_client(channel: Channel) -> RaftPeerClient<Channel> {
+    RaftPeerClient::new(channel)
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+}
+
 /// Sends Raft RPCs to one peer.
 pub struct PeerClient {
     me: Sender,
@@ -324,9 +331,7 @@ impl PeerClient {
         let ttl = option.soft_ttl();
         let mut request = tonic::Request::new(self.message(payload));
         request.set_timeout(ttl);
-        let mut client = RaftPeerClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let mut client = raft_client(channel);
         let call = async {
             match rpc {
                 PeerRpc::AppendEntries => client.append_entries(request).await,
@@ -357,9 +362,7 @@ impl PeerClient {
         let data = snapshot.snapshot.into_inner();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<RaftMessage>(1);
         let messages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let mut client = RaftPeerClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let mut client = raft_client(channel);
         let call = client.install_snapshot(messages);
         tokio::pin!(call);
         let mut pending = std::iter::once(head)
