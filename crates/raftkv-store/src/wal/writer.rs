@@ -44,10 +44,6 @@ pub(super) enum Op {
         bytes: Vec<u8>,
         done: Done,
     },
-    Committed {
-        bytes: Vec<u8>,
-        index: u64,
-    },
     Sync {
         done: Done,
     },
@@ -78,8 +74,8 @@ pub(super) struct Writer {
     unsynced: Vec<(Done, Vec<(LogId, Loc)>)>,
     /// The highest index known durable.
     durable_index: u64,
-    /// A commit index waiting to be written, and group commits since the last write.
-    committed: Option<(Vec<u8>, u64)>,
+    /// The commit index last written to its file, and group commits since.
+    committed_written: Option<LogId>,
     commits_since_committed: u32,
 }
 
@@ -99,7 +95,7 @@ impl Writer {
             failed: None,
             unsynced: Vec::new(),
             durable_index,
-            committed: None,
+            committed_written: None,
             commits_since_committed: 0,
         }
     }
@@ -136,7 +132,6 @@ impl Writer {
                         }
                     }
                 }
-                Op::Committed { bytes, index } => self.committed = Some((bytes, index)),
                 barrier => {
                     self.sync_unsynced();
                     self.barrier(barrier);
@@ -154,7 +149,7 @@ impl Writer {
             r
         };
         match op {
-            Op::Append { .. } | Op::Committed { .. } => {}
+            Op::Append { .. } => {}
             Op::Sync { done } => done(match &self.failed {
                 Some(_) => Err(self.stopped()),
                 None => Ok(()),
@@ -164,7 +159,7 @@ impl Writer {
                     return done(Err(self.stopped()));
                 }
                 let path = self.shared.dir.join(VOTE_FILE);
-                let r = disk::replace_file(&*self.shared.disk, &path, &bytes);
+                let r = disk::replace_file(&*self.shared.disk, &path, &bytes, disk::Durability::Now);
                 done(result(self, r));
             }
             Op::Truncate { after, done } => {
@@ -296,27 +291,26 @@ impl Writer {
         self.write_committed(false);
     }
 
-    /// Writes the commit index when it changed, its entries are durable, and it is time.
+    /// Writes the commit index [`Wal::save_committed`](super::Wal::save_committed) noted,
+    /// when it changed, its entries are durable, and it is time (a barrier, or every
+    /// [`COMMITTED_EVERY`] group commits).
     fn write_committed(&mut self, now: bool) {
         if self.failed.is_some() || !(now || self.commits_since_committed >= COMMITTED_EVERY) {
             return;
         }
-        let Some((bytes, index)) = &self.committed else { return };
-        if *index > self.durable_index {
+        let committed = self.shared.mem().committed;
+        if committed == self.committed_written || committed.map_or(0, |c| c.index) > self.durable_index {
             return;
         }
         let path = self.shared.dir.join(COMMITTED_FILE);
         // Not synced: the commit index is advisory, and the next sync or vote covers it.
-        let tmp = path.with_file_name(format!("{COMMITTED_FILE}.tmp"));
-        let disk = &self.shared.disk;
-        let written = disk
-            .open(&tmp, true)
-            .and_then(|f| f.set_len(0).and_then(|_| f.write_all_at(bytes, 0)))
-            .and_then(|_| disk.rename(&tmp, &path));
+        let written = codec::encode(&committed)
+            .map_err(io::Error::other)
+            .and_then(|bytes| disk::replace_file(&*self.shared.disk, &path, &bytes, disk::Durability::Later));
         if let Err(e) = written {
             tracing::warn!("could not save the commit index: {e}");
         }
-        self.committed = None;
+        self.committed_written = committed;
         self.commits_since_committed = 0;
     }
 
@@ -358,7 +352,12 @@ impl Writer {
     /// Records the purge point durably, forgets the entries, deletes whole segments behind it.
     fn purge(&mut self, upto: LogId) -> io::Result<()> {
         let bytes = codec::encode(&upto).map_err(io::Error::other)?;
-        disk::replace_file(&*self.shared.disk, &self.shared.dir.join(PURGED_FILE), &bytes)?;
+        disk::replace_file(
+            &*self.shared.disk,
+            &self.shared.dir.join(PURGED_FILE),
+            &bytes,
+            disk::Durability::Now,
+        )?;
         self.shared.mem().purge(upto);
         self.drop_segments_through(upto.index)
     }
@@ -435,7 +434,7 @@ fn fail_unsent(op: Op) {
         | Op::Purge { done, .. }
         | Op::Vote { done, .. }
         | Op::Sync { done } => done(gone()),
-        Op::Committed { .. } | Op::DropPurgedSegments { .. } => {}
+        Op::DropPurgedSegments { .. } => {}
     }
 }
 
