@@ -74,10 +74,125 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+/// A free TCP port on 127.0.0.1 for a server a test starts as a separate process.
+///
+/// A port found by binding port 0 and letting go is not reserved: the kernel may hand the same
+/// port to the next such probe, or to an outgoing connection, before the server binds it (a
+/// CI run once started two nodes of one cluster on the same port). So ports come from
+/// [`PortAllocator`]: below the kernel's ephemeral range (outgoing connections never take
+/// them), from a block of its own for each test nextest runs at the same time, and never twice
+/// in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    free_ports(1)[0]
+}
+
+/// `n` consecutive free ports (see [`free_port`]).
+pub fn free_ports(n: u16) -> Vec<u16> {
+    static ALLOCATOR: std::sync::Mutex<Option<PortAllocator>> = std::sync::Mutex::new(None);
+    let mut guard = ALLOCATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let allocator = guard.get_or_insert_with(PortAllocator::for_this_test);
+    allocator
+        .take(n, |port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free block of loopback ports for this test (are other servers using 15000-32767?)")
+}
+
+/// Hands out loopback ports from one test's block of [`PortAllocator::BLOCK`] ports in
+/// `FIRST..LAST`, each at most once.
+///
+/// The block is picked by nextest's `NEXTEST_TEST_GLOBAL_SLOT` (unique among the tests running
+/// at once), or by the process id when run some other way; the starting point inside the block
+/// moves with the process id, so a test that follows another in the same slot does not reuse
+/// ports the earlier one may still have in TIME_WAIT.
+#[derive(Debug)]
+pub struct PortAllocator {
+    block_start: u16,
+    next: u16,
+}
+
+impl PortAllocator {
+    /// First port handed out (well clear of well-known and registered service ports in use
+    /// on developer machines).
+    pub const FIRST: u16 = 15_000;
+    /// One past the last: the start of Linux's default ephemeral range.
+    pub const LAST: u16 = 32_768;
+    /// Ports per test.
+    pub const BLOCK: u16 = 256;
+
+    /// The allocator for this test process.
+    pub fn for_this_test() -> Self {
+        let pid = std::process::id();
+        let slot = std::env::var("NEXTEST_TEST_GLOBAL_SLOT")
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(pid);
+        Self::new(slot, pid)
+    }
+
+    /// The allocator for test slot `slot`, starting at an offset derived from `seed`.
+    pub fn new(slot: u32, seed: u32) -> Self {
+        let blocks = u32::from((Self::LAST - Self::FIRST) / Self::BLOCK);
+        let block_start = Self::FIRST + (slot % blocks) as u16 * Self::BLOCK;
+        Self {
+            block_start,
+            next: (seed.wrapping_mul(2_654_435_761) % u32::from(Self::BLOCK)) as u16,
+        }
+    }
+
+    /// The next `n` consecutive ports for which `is_free` holds, or `None` once the block has
+    /// been walked once without finding them.
+    pub fn take(&mut self, n: u16, is_free: impl Fn(u16) -> bool) -> Option<Vec<u16>> {
+        for _ in 0..Self::BLOCK {
+            let offset = self.next;
+            self.next = (self.next + 1) % Self::BLOCK;
+            if offset + n > Self::BLOCK {
+                continue;
+            }
+            let ports: Vec<u16> = (0..n).map(|i| self.block_start + offset + i).collect();
+            if ports.iter().all(|p| is_free(*p)) {
+                self.next = (offset + n) % Self::BLOCK;
+                return Some(ports);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod port_allocator_tests {
+    use super::PortAllocator;
+    use std::collections::HashSet;
+
+    #[test]
+    fn a_test_never_gets_the_same_port_twice_and_stays_in_its_block() {
+        let mut ports = PortAllocator::new(3, 12_345);
+        let mut seen = HashSet::new();
+        for _ in 0..PortAllocator::BLOCK {
+            let port = ports.take(1, |_| true).expect("a port")[0];
+            assert!(seen.insert(port), "port {port} handed out twice");
+            let start = PortAllocator::FIRST + 3 * PortAllocator::BLOCK;
+            assert!((start..start + PortAllocator::BLOCK).contains(&port));
+            assert!(port < PortAllocator::LAST, "{port} is in the ephemeral range");
+        }
+    }
+
+    #[test]
+    fn concurrent_tests_get_disjoint_blocks() {
+        let a = PortAllocator::new(0, 1).take(1, |_| true).expect("a port")[0];
+        let b = PortAllocator::new(1, 1).take(1, |_| true).expect("a port")[0];
+        assert!(a.abs_diff(b) >= PortAllocator::BLOCK - 1, "{a} and {b} share a block");
+    }
+
+    #[test]
+    fn taken_ports_are_skipped_and_runs_are_consecutive() {
+        let mut ports = PortAllocator::new(0, 0);
+        let first = ports.take(3, |p| p % 5 != 0).expect("three ports");
+        assert_eq!(first.len(), 3);
+        assert!(first.windows(2).all(|w| w[1] == w[0] + 1));
+        assert!(first.iter().all(|p| p % 5 != 0));
+        assert_eq!(
+            ports.take(1, |_| false),
+            None,
+            "a full block is reported, not looped on"
+        );
+    }
 }

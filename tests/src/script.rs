@@ -99,19 +99,11 @@ impl Drop for Script {
     }
 }
 
-/// Three blocks of three free ports (client, peer, metrics), outside the ephemeral range.
+/// Three blocks of free ports (client, peer, metrics): `scripts/cluster.sh` gives node `i` the
+/// port `base + i`, and the tests grow the cluster to at most five nodes.
 fn free_port_bases() -> [u16; 3] {
-    let free_block = |base: u16| (1..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-    let seed = std::process::id() as u16;
-    let mut bases = (0..400u16)
-        .map(|k| 20_000 + (seed.wrapping_mul(37).wrapping_add(k * 23)) % 10_000)
-        .filter(|b| free_block(*b));
-    let client = bases.next().expect("a free client port block");
-    let peer = bases.find(|b| b.abs_diff(client) > 3).expect("a free peer port block");
-    let metrics = bases
-        .find(|b| b.abs_diff(client) > 3 && b.abs_diff(peer) > 3)
-        .expect("a free metrics port block");
-    [client, peer, metrics]
+    let block = || crate::free_ports(5)[0] - 1;
+    [block(), block(), block()]
 }
 
 /// stdout and stderr of a finished command, for assertion messages.
