@@ -172,6 +172,7 @@ pub fn role_name(role: i32) -> &'static str {
         Ok(Role::Candidate) => "candidate",
         Ok(Role::Learner) => "learner",
         Ok(Role::Shutdown) => "shutdown",
+        Ok(Role::SteppedDown) => "stepped-down (no quorum)",
         Ok(Role::Unspecified) | Err(_) => "unknown",
     }
 }

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::api::call::ApiCalls;
 use crate::api::error::ApiError;
 use crate::consensus::core::{now_millis, NodeCore};
+use crate::consensus::leadership::{self, Standing};
 use crate::consensus::membership;
 
 /// Size of one backup data message.
@@ -40,8 +41,11 @@ impl ClusterService {
     }
 }
 
-fn role(state: ServerState) -> Role {
-    match state {
+fn role(m: &openraft::RaftMetrics<raftkv_store::TypeConfig>, lease: std::time::Duration) -> Role {
+    if let Standing::SteppedDown { .. } = leadership::standing(m, lease) {
+        return Role::SteppedDown;
+    }
+    match m.state {
         ServerState::Leader => Role::Leader,
         ServerState::Follower => Role::Follower,
         ServerState::Candidate => Role::Candidate,
@@ -181,6 +185,8 @@ impl Cluster for ClusterService {
                 let core = &self.core;
                 // Clone what we need and drop the borrow at once: holding it would block Raft.
                 let m = core.raft.metrics().borrow_watched().clone();
+                let lease = leadership::lease_of(&core.raft);
+                let leader = leadership::visible_leader(&m, lease);
                 let committed = m.local_committed;
                 let membership = m.membership_config.membership();
                 let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -194,17 +200,16 @@ impl Cluster for ClusterService {
                     })
                     .collect();
                 let me = membership.get_node(&core.id).cloned().unwrap_or_default();
-                let leader_addr = m
-                    .current_leader
+                let leader_addr = leader
                     .and_then(|l| membership.get_node(&l))
                     .map(|n| n.client_addr.clone())
                     .unwrap_or_default();
                 Ok(Response::new(StatusResponse {
                     header: Some(core.header()),
                     id: core.id,
-                    role: role(m.state) as i32,
+                    role: role(&m, lease) as i32,
                     term: m.current_term,
-                    leader_id: m.current_leader.unwrap_or(0),
+                    leader_id: leader.unwrap_or(0),
                     leader_addr,
                     last_log_index: m.last_log_index.unwrap_or(0),
                     committed_index: committed.map_or(0, |c| c.index),

@@ -33,7 +33,8 @@ pub enum ApiError {
         leader_id: NodeId,
         leader_addr: String,
     },
-    #[error("node {this} knows no leader (an election may be under way, or a majority of nodes is unreachable); retry shortly. {detail}")]
+    /// `detail` says why (never empty: see [`ApiError::ELECTION_OR_NO_QUORUM`]).
+    #[error("node {this} knows no leader: {detail}; retry shortly, or on another node")]
     NoLeader { this: NodeId, detail: String },
     #[error("node {0} is shutting down; use another node")]
     ShuttingDown(NodeId),
@@ -62,6 +63,18 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The [`ApiError::NoLeader`] detail when nothing more precise is known.
+    pub const ELECTION_OR_NO_QUORUM: &'static str =
+        "an election may be under way, or a majority of the nodes cannot be reached";
+
+    /// A [`ApiError::NoLeader`] with the generic detail.
+    pub fn no_leader(this: NodeId) -> Self {
+        Self::NoLeader {
+            this,
+            detail: Self::ELECTION_OR_NO_QUORUM.into(),
+        }
+    }
+
     /// Builds the "go to the leader" answer from openraft's forward hint.
     pub fn forward(this: NodeId, f: &ForwardToLeader<TypeConfig>) -> Self {
         match (f.leader_id, &f.leader_node) {
@@ -73,11 +86,13 @@ impl ApiError {
             _ => Self::NoLeader {
                 this,
                 detail: match f.reason {
-                    ForwardReason::LeaseExpired => {
-                        "it was leader but has not heard from a majority within the election timeout".into()
-                    }
-                    ForwardReason::LeadershipTransfer => "leadership is being handed to another node".into(),
-                    ForwardReason::NotLeader => String::new(),
+                    ForwardReason::LeaseExpired => format!(
+                        "it was elected leader but has not heard from a majority within the election timeout, \
+                         so it stepped down ({})",
+                        Self::ELECTION_OR_NO_QUORUM
+                    ),
+                    ForwardReason::LeadershipTransfer => "it is handing leadership to another node".into(),
+                    ForwardReason::NotLeader => Self::ELECTION_OR_NO_QUORUM.into(),
                 },
             },
         }

@@ -456,6 +456,9 @@ impl NodeConfig {
             // Hand entries to replication as soon as they are appended, not at the end of
             // RaftCore's command batch (measured: +20 % puts/s at 16 clients, +10 % at 64).
             broadcast_submitted_on_append: Some(true),
+            // A follower asks first whether it could win before it raises its term: a node that
+            // was paused, cut off or restarted cannot depose a healthy leader when it returns.
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
     }

@@ -210,10 +210,6 @@ impl RunningNode {
             config.id,
             std::time::Duration::from_millis(config.election_min_ms),
         );
-        if summary.has_raft_state() {
-            // A restart: do not depose a healthy leader before it has had time to reach us.
-            assist.hold_elections_after_restart();
-        }
         raft.run();
         let peer_service = PeerService::new(
             raft.clone(),

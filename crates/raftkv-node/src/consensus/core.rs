@@ -12,6 +12,7 @@ use raftkv_store::{NodeId, StoreHandle};
 
 use crate::admission::disk_guard::DiskGuard;
 use crate::api::error::ApiError;
+use crate::consensus::leadership;
 use crate::consensus::read_index::ReadPath;
 use crate::consensus::removal::Removal;
 use crate::consensus::transport::network::PeerNetwork;
@@ -37,7 +38,10 @@ impl NodeCore {
         let (term, leader) = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
-            (m.current_term, m.current_leader)
+            (
+                m.current_term,
+                leadership::visible_leader(&m, leadership::lease_of(&self.raft)),
+            )
         };
         ResponseHeader {
             cluster_id: self.store.reader().cluster_id(),

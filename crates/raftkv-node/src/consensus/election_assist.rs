@@ -15,15 +15,14 @@
 //! the candidate grants. Elections are always safe in Raft; the guard only avoids disturbing a
 //! live leader. It assists at most once per candidate term.
 //!
-//! It also keeps a **restarted** node from deposing a healthy leader. openraft 0.9 has no
-//! pre-vote, and a leader retries a peer that was unreachable only every 500 ms, so a node
-//! that comes back often times out before the leader reaches it and campaigns with a higher
-//! term, forcing an election on a cluster that was fine. After a restart the node therefore
-//! holds its elections until it hears from a leader or [`RESTART_GRACE`] passes (a whole
-//! cluster restarting elects a leader that much later).
+//! A leader never assists: it hears no AppendEntries, so by the rule above it would always
+//! think the leader silent and campaign against itself (it used to log that advice to itself).
+//! A restarted node needs no help either: with pre-vote on (openraft 0.10), a node that comes
+//! back cannot raise its term while a healthy leader holds the others' leases, so the earlier
+//! "hold elections after a restart" is gone.
 //!
-//! Last, it stops a stale delay from slowing the *next* failover. When openraft 0.9 sees a
-//! refusal carrying a longer log than its own, it adds 2 × election-max to its election
+//! Last, it stops a stale delay from slowing the *next* failover. When openraft (0.9 and 0.10)
+//! sees a vote or pre-vote refusal carrying a longer log than its own, it adds 2 × election-max to its election
 //! timeout, and clears that only when it next campaigns from its own timer, which may be many
 //! failovers later: measured, a survivor carrying the flag turned a ~230 ms failover into
 //! ~400–550 ms. The delay exists to let the better-placed node campaign first, which the assist
@@ -39,10 +38,6 @@ use raftkv_store::types::Raft;
 use raftkv_store::{LogId, NodeId};
 
 type VoteResponse = openraft::raft::VoteResponse<raftkv_store::TypeConfig>;
-
-/// How long a restarted node waits to hear from a leader before it may campaign: two of
-/// openraft 0.9's retry intervals for an unreachable peer (500 ms).
-pub const RESTART_GRACE: Duration = Duration::from_millis(1000);
 
 /// Remembers when this node last heard from a leader and whom it assisted against.
 #[derive(Clone)]
@@ -93,31 +88,10 @@ impl ElectionAssist {
         should_assist(vote, last_append, self.inner.silence, &self.inner.assisted_term)
     }
 
-    /// After a restart: no elections until a leader is heard from or [`RESTART_GRACE`] passes.
-    pub fn hold_elections_after_restart(&self) {
-        let inner = self.inner.clone();
-        inner.raft.runtime_config().elect(false);
-        tokio::spawn(async move {
-            let until = Instant::now() + RESTART_GRACE;
-            loop {
-                let heard = inner.last_append.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-                if heard || Instant::now() >= until {
-                    tracing::info!(
-                        node = inner.id,
-                        heard_from_leader = heard,
-                        "restart grace over: elections enabled"
-                    );
-                    inner.raft.runtime_config().elect(true);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-    }
-
     /// Called after this node refused `vote`; campaigns when [`should_assist`](Self::should_assist).
     pub fn after_refusal(&self, vote: RefusedVote) {
-        if !self.should_assist(&vote) {
+        let leading = self.inner.raft.metrics().borrow_watched().state == openraft::ServerState::Leader;
+        if leading || !self.should_assist(&vote) {
             return;
         }
         let inner = self.inner.clone();

@@ -44,7 +44,7 @@ fn change_error(this: NodeId, e: RaftError<TypeConfig, ClientWriteError<TypeConf
         }
         ChangeMembershipError::UncommittedLeaderLog(u) => ApiError::NoLeader {
             this,
-            detail: format!("the new leader has not committed an entry of its term yet ({u}); retry shortly"),
+            detail: format!("the new leader has not committed an entry of its term yet ({u})"),
         },
         ChangeMembershipError::NodeMetadataChanged(n) => ApiError::FailedPrecondition(format!(
             "{n}; a member's addresses cannot be changed by a membership change"
@@ -112,10 +112,7 @@ fn require_leader(core: &NodeCore) -> Result<(), ApiError> {
             leader_id,
             leader_addr,
         },
-        _ => ApiError::NoLeader {
-            this: core.id,
-            detail: String::new(),
-        },
+        _ => ApiError::no_leader(core.id),
     })
 }
 

@@ -6,7 +6,9 @@
 //! - [`read_index`]: linearizable reads on any node, concurrent reads sharing one round;
 //! - [`membership`]: adding, promoting and removing members (run on the leader);
 //! - [`removal`]: the removed-node state a node keeps once it is out of the cluster;
-//! - [`election_assist`]: faster, quieter elections than openraft 0.9 holds on its own;
+//! - [`election_assist`]: faster elections after a leader dies under write load;
+//! - [`leadership`]: who leads as clients see it (check-quorum: a leader without a quorum has
+//!   stepped down);
 //! - [`transport`]: the peer API, client ([`transport::network`]) and server
 //!   ([`transport::peer_service`]) sides.
 //!
@@ -17,6 +19,7 @@
 
 pub mod core;
 pub mod election_assist;
+pub mod leadership;
 pub mod membership;
 pub mod read_index;
 pub mod removal;

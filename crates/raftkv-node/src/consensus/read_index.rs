@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::ServerState;
 use raftkv_proto::v1::raft_peer_client::RaftPeerClient;
 use raftkv_proto::v1::ReadIndexRequest;
 use raftkv_proto::{error_kind, metadata};
@@ -28,7 +27,10 @@ use raftkv_store::types::Raft;
 use raftkv_store::NodeId;
 use tokio::sync::oneshot;
 
+use openraft::ServerState;
+
 use crate::api::error::ApiError;
+use crate::consensus::leadership::{self, Standing};
 use crate::consensus::transport::network::PeerNetwork;
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<u64, ApiError>> + Send>>;
@@ -144,35 +146,61 @@ impl ReadPath {
             let confirm = confirm.clone();
             ReadIndexBatcher::new(id, move || {
                 let (raft, confirm, peers) = (raft.clone(), confirm.clone(), peers.clone());
-                async move {
-                    let (state, leader, leader_peer_addr) = {
-                        let m = raft.metrics();
-                        let m = m.borrow_watched();
-                        let addr = m
-                            .current_leader
-                            .and_then(|l| m.membership_config.membership().get_node(&l))
-                            .map(|n| n.peer_addr.clone());
-                        (m.state, m.current_leader, addr)
-                    };
-                    match (state, leader, leader_peer_addr) {
-                        (ServerState::Leader, _, _) => confirm.read_index().await,
-                        (_, Some(leader), Some(addr)) if leader != id => {
-                            remote_read_index(id, leader, &addr, &peers).await
-                        }
-                        _ => Err(ApiError::NoLeader {
-                            this: id,
-                            detail: String::new(),
-                        }),
-                    }
-                }
+                async move { read_index_anywhere(id, &raft, &confirm, &peers).await }
             })
         };
         Self { confirm, reads }
     }
 }
 
+/// One read-index round for this node's own reads: confirmed by this node while it leads,
+/// else asked of the leader it knows. A leader that loses its leadership during the round asks
+/// the new leader, like a follower would.
+async fn read_index_anywhere(
+    id: NodeId,
+    raft: &Raft,
+    confirm: &ReadIndexBatcher,
+    peers: &PeerNetwork,
+) -> Result<u64, ApiError> {
+    let leading = raft.metrics().borrow_watched().state == ServerState::Leader;
+    let refused = if leading {
+        match confirm.read_index().await {
+            Err(e @ (ApiError::NotLeader { .. } | ApiError::NoLeader { .. })) => Some(e),
+            done => return done,
+        }
+    } else {
+        None
+    };
+    let (leader, leader_peer_addr) = {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        let leader = m.current_leader.filter(|l| *l != id);
+        let addr = leader
+            .and_then(|l| m.membership_config.membership().get_node(&l))
+            .map(|n| n.peer_addr.clone());
+        (leader, addr)
+    };
+    match (leader, leader_peer_addr) {
+        (Some(leader), Some(addr)) => remote_read_index(id, leader, &addr, peers).await,
+        _ => Err(refused.unwrap_or_else(|| ApiError::no_leader(id))),
+    }
+}
+
+/// The leader's read index, confirmed by a quorum (ReadIndex; no clock-based lease). A leader
+/// that has stepped down (no quorum within the lease, see [`leadership`]) refuses at once rather
+/// than wait for a quorum that is not there.
 async fn confirm_leadership(id: NodeId, raft: &Raft) -> Result<u64, ApiError> {
-    // ReadIndex: a quorum confirms the leadership for this read (no clock-based lease).
+    let standing = leadership::standing(&raft.metrics().borrow_watched(), leadership::lease_of(raft));
+    if let Standing::SteppedDown { silent_ms } = standing {
+        return Err(ApiError::NoLeader {
+            this: id,
+            detail: format!(
+                "it was elected leader but no majority has answered it for {silent_ms} ms, so it stepped \
+                 down ({})",
+                ApiError::ELECTION_OR_NO_QUORUM
+            ),
+        });
+    }
     match raft.get_read_log_id(openraft::ReadPolicy::ReadIndex).await {
         Ok((read_log_id, _applied)) => Ok(read_log_id.index()),
         Err(e) => Err(ApiError::from_read_barrier(id, e)),

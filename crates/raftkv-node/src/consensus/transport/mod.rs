@@ -3,6 +3,8 @@
 //!
 //! - [`network`]: the client side — cached channels per peer, openraft's `RaftNetwork`,
 //!   failure classification, test link faults, incarnation checks;
+//! - [`peer_gate`]: one per peer — no more than one unanswered request outstanding, no stream
+//!   resets against a frozen peer, and a quiet log while a peer is down;
 //! - [`peer_service`]: the server side — hands other nodes' Raft RPCs to this node's Raft and
 //!   answers read-index, removal and bootstrap probes.
 //!
@@ -10,6 +12,7 @@
 //! no configuration struct: the caller hands it TLS settings and routes.
 
 pub mod network;
+pub mod peer_gate;
 pub mod peer_service;
 
 /// The URL of `addr` for a gRPC connection with or without TLS.

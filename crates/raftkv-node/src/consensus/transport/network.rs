@@ -2,8 +2,9 @@
 //!
 //! - One cached, lazily connected `Channel` per peer address, shared by every replication
 //!   stream to that peer ([`PeerNetwork`]).
-//! - Every RPC carries the deadline openraft passes (`RPCOption::soft_ttl`), both as the gRPC
-//!   timeout (the server stops work past it) and as a local timeout.
+//! - openraft's deadline (`RPCOption::soft_ttl`) is how long the caller waits; a call not
+//!   answered by then is left to finish on its own task and the peer's [`PeerGate`] holds
+//!   further calls until it does, so a frozen peer never sees a storm of reset streams.
 //! - Failures are classified the way openraft's replication expects: a peer that cannot be
 //!   reached is `Unreachable` (openraft backs off), a deadline is `Timeout`, anything else on
 //!   the wire is `Network`, and an error returned by the remote Raft is `RemoteError`.
@@ -36,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
+use super::peer_gate::{CallTicket, PeerGate, ABANDONED_CALL_LIMIT};
+
 /// Largest peer message, in bytes (AppendEntries batches, snapshot chunks).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Soft size budget of one AppendEntries: openraft gives each one heartbeat interval to be
@@ -46,6 +49,9 @@ pub const APPEND_BYTES_BUDGET: usize = raftkv_store::MAX_APPEND_BATCH_BYTES;
 const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Snapshot chunk size openraft uses when sending a snapshot.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// HTTP/2 keepalive to peers: a PING this often, and the connection is closed if one goes
+/// unanswered this long.
+const PEER_KEEPALIVE: Duration = Duration::from_secs(2);
 /// How long establishing a TCP connection to a peer may take.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -147,11 +153,13 @@ pub struct Sender {
     pub incarnation: u64,
 }
 
-/// Builds peer clients for openraft; one per replication stream, all sharing cached channels.
+/// Builds peer clients for openraft; one per replication stream, all sharing cached channels
+/// and one [`PeerGate`] per peer.
 #[derive(Clone)]
 pub struct PeerNetwork {
     me: Sender,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    gates: Arc<Mutex<HashMap<NodeId, Arc<PeerGate>>>>,
     faults: LinkFaults,
     incarnations: IncarnationRegistry,
     routes: Arc<HashMap<NodeId, String>>,
@@ -164,6 +172,7 @@ impl PeerNetwork {
         Self {
             me,
             channels: Arc::default(),
+            gates: Arc::default(),
             faults,
             incarnations,
             routes: Arc::default(),
@@ -193,6 +202,12 @@ impl PeerNetwork {
         &self.faults
     }
 
+    /// The gate of the calls to peer `id` (see [`PeerGate`]).
+    pub fn gate(&self, id: NodeId) -> Arc<PeerGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates.entry(id).or_insert_with(|| Arc::new(PeerGate::new(id))).clone()
+    }
+
     /// The cached channel to `addr`, created (without connecting) on first use.
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
@@ -206,8 +221,11 @@ impl PeerNetwork {
         let channel = endpoint
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            // A connection to a peer that stopped answering is closed within ~4 s (and
+            // reopened on the next call) rather than waiting out TCP's retransmission backoff.
+            .http2_keep_alive_interval(PEER_KEEPALIVE)
+            .keep_alive_timeout(PEER_KEEPALIVE)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
@@ -222,6 +240,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerClient {
             me: self.me,
             target,
+            gate: self.gate(target),
             channel: self.channel(&addr),
             addr,
             faults: self.faults.clone(),
@@ -237,10 +256,28 @@ fn raft_client(channel: Channel) -> RaftPeerClient<Channel> {
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
 }
 
+/// Marks a call abandoned (and counts a failure) if its caller stops waiting before it is
+/// answered, whether by its own timeout or because openraft dropped the future.
+struct AbandonOnDrop<'a> {
+    gate: &'a PeerGate,
+    ticket: &'a CallTicket,
+    ttl: Duration,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.gate.abandon(self.ticket) {
+            self.gate
+                .failed(&format_args!("no answer within {} ms", self.ttl.as_millis()));
+        }
+    }
+}
+
 /// Sends Raft RPCs to one peer.
 pub struct PeerClient {
     me: Sender,
     target: NodeId,
+    gate: Arc<PeerGate>,
     addr: String,
     channel: Result<Channel, String>,
     faults: LinkFaults,
@@ -327,23 +364,62 @@ impl PeerClient {
         Resp: DeserializeOwned,
     {
         let channel = self.reachable_channel().map_err(RPCError::Unreachable)?;
+        let ticket = self.gate.admit().map_err(|held| {
+            self.gate.failed(&held);
+            RPCError::Unreachable(Unreachable::new(&held))
+        })?;
         let payload = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let ttl = option.soft_ttl();
         let mut request = tonic::Request::new(self.message(payload));
-        request.set_timeout(ttl);
+        // Not `ttl`: tonic enforces the grpc-timeout on the client side too, and a call it
+        // times out resets its stream — the very thing the gate exists to avoid.
+        request.set_timeout(ABANDONED_CALL_LIMIT);
         let mut client = raft_client(channel);
-        let call = async {
-            match rpc {
-                PeerRpc::AppendEntries => client.append_entries(request).await,
-                PeerRpc::Vote => client.vote(request).await,
-                PeerRpc::PreVote => client.pre_vote(request).await,
-                PeerRpc::TransferLeader => client.transfer_leader(request).await,
+        // The call runs on a task of its own: if this caller stops waiting, the call is not
+        // dropped (which would reset its HTTP/2 stream) but left to finish (see PeerGate).
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+        let (gate, task_ticket) = (self.gate.clone(), ticket.clone());
+        tokio::spawn(async move {
+            let call = async {
+                match rpc {
+                    PeerRpc::AppendEntries => client.append_entries(request).await,
+                    PeerRpc::Vote => client.vote(request).await,
+                    PeerRpc::PreVote => client.pre_vote(request).await,
+                    PeerRpc::TransferLeader => client.transfer_leader(request).await,
+                }
+            };
+            let answer = tokio::time::timeout(ABANDONED_CALL_LIMIT, call).await;
+            gate.finish(&task_ticket);
+            let _ = answer_tx.send(answer);
+        });
+        // openraft may drop this future at the same deadline (it times calls out too): the
+        // guard then marks the call abandoned, so the gate holds until the peer answers it.
+        let waiting = AbandonOnDrop {
+            gate: &self.gate,
+            ticket: &ticket,
+            ttl,
+        };
+        let answer = match tokio::time::timeout(ttl, answer_rx).await {
+            Ok(Ok(Ok(answer))) => answer,
+            // No answer in time (or the call task is gone): leave the call to finish.
+            Err(_) | Ok(Err(_)) | Ok(Ok(Err(_))) => {
+                drop(waiting);
+                return Err(RPCError::Timeout(self.timeout(rpc.kind(), ttl)));
             }
         };
-        match tokio::time::timeout(ttl, call).await {
-            Err(_) => Err(RPCError::Timeout(self.timeout(rpc.kind(), ttl))),
-            Ok(Err(status)) => Err(self.status_error(rpc.kind(), ttl, status)),
-            Ok(Ok(reply)) => self.open_reply(reply.into_inner()),
+        std::mem::forget(waiting);
+        match answer {
+            Err(status) => {
+                let error = self.status_error(rpc.kind(), ttl, status);
+                if matches!(error, RPCError::Unreachable(_) | RPCError::Timeout(_)) {
+                    self.gate.failed(&error);
+                }
+                Err(error)
+            }
+            Ok(reply) => {
+                self.gate.answered();
+                self.open_reply(reply.into_inner())
+            }
         }
     }
 
@@ -439,7 +515,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        self.call(PeerRpc::PreVote, &rpc, &option).await
+        let candidate_last_log = rpc.last_log_id;
+        let resp: VoteResponse<TypeConfig> = self.call(PeerRpc::PreVote, &rpc, &option).await?;
+        Ok(crate::consensus::election_assist::without_greater_log_hint(
+            resp,
+            candidate_last_log,
+        ))
     }
 
     async fn full_snapshot(
