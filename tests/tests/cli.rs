@@ -162,6 +162,20 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
 
     let table = raftkv(&ep, &["cluster", "status"]);
     assert!(table.stdout.contains("voters up 3/3 (quorum 2)"), "{}", table.stdout);
+
+    // Leadership on demand: to a named voter, then to whichever follower is most up to date.
+    let to = if leader == 3 { 2 } else { 3 };
+    let moved = raftkv(&ep, &["cluster", "transfer-leader", &to.to_string()]);
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert_eq!(moved.stdout, format!("leadership handed to node {to}\n"));
+    let now = raftkv(&ep, &["cluster", "leader"]);
+    assert!(now.stdout.starts_with(&format!("{to} ")), "{}", now.stdout);
+    let again = raftkv(&ep, &["cluster", "transfer-leader", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&again.stdout)?;
+    assert!(v["leader_id"].as_u64().is_some_and(|id| id != to), "{}", again.stdout);
+    let nobody = raftkv(&ep, &["cluster", "transfer-leader", "9"]);
+    assert_eq!(nobody.code, 2, "a bad target is a usage error: {}", nobody.stderr);
+    assert!(nobody.stderr.contains("not a voter"), "{}", nobody.stderr);
     Ok(())
 }
 

@@ -145,10 +145,9 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() -> anyhow:
 }
 
 /// - A follower is SIGKILLed and restarted while the leader is healthy.
-/// - It catches up, and the cluster keeps the same leader in the same term: a restarted node
-///   holds its elections until the leader reaches it (openraft 0.9 has no pre-vote, and the
-///   leader retries an unreachable peer only every 500 ms), so it does not force an election
-///   on a cluster that was fine.
+/// - It catches up, and the cluster keeps the same leader in the same term: with pre-vote, a
+///   restarted node cannot raise its term while the others still hear the leader, so it does
+///   not force an election on a cluster that was fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_rejoins_without_deposing_the_leader() -> anyhow::Result<()> {
     let mut cluster = ProcessCluster::start(3)?;
@@ -174,6 +173,5 @@ async fn a_restarted_follower_rejoins_without_deposing_the_leader() -> anyhow::R
         (leader, term_before),
         "the restarted follower forced an election"
     );
-    assert!(cluster.logs(follower).contains("restart grace over"));
     Ok(())
 }

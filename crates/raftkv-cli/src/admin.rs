@@ -89,6 +89,21 @@ pub async fn member(client: &Client, command: MemberCommand, json: bool) -> u8 {
     }
 }
 
+/// `raftkv cluster transfer-leader [ID]`.
+pub async fn transfer_leader(client: &Client, to: Option<u64>, json: bool) -> u8 {
+    match client.transfer_leader(to).await {
+        Ok(r) if json => {
+            print(&format!("{}\n", json!({ "leader_id": r.leader_id })));
+            0
+        }
+        Ok(r) => {
+            print(&format!("leadership handed to node {}\n", r.leader_id));
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
 pub async fn snapshot(client: &Client, node: Option<&str>, json: bool) -> u8 {
     let targets: Vec<String> = match node {
         Some(n) => vec![n.to_string()],

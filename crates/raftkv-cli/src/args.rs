@@ -200,6 +200,9 @@ pub enum ClusterCommand {
     Status,
     /// Print the leader's id and client address (`ID ADDR`); exit code 3 if there is none.
     Leader,
+    /// Hand leadership to voter ID, or to the most up-to-date follower (before maintenance on
+    /// the leader's machine; `raftkvd` does it by itself when the leader gets SIGTERM).
+    TransferLeader { id: Option<u64> },
     /// Build a snapshot now (and purge the log behind it) on every node, or on --node.
     Snapshot {
         /// Only on this node (client address).

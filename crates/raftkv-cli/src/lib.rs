@@ -347,6 +347,9 @@ pub async fn run(cli: Cli) -> u8 {
             command: ClusterCommand::Snapshot { node },
         } => admin::snapshot(&client, node.as_deref(), json).await,
         Command::Cluster {
+            command: ClusterCommand::TransferLeader { id },
+        } => admin::transfer_leader(&client, id, json).await,
+        Command::Cluster {
             command: ClusterCommand::Leader,
         } => {
             let reports = client.cluster_status().await;

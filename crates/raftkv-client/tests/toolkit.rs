@@ -157,6 +157,13 @@ impl Cluster for FakeNode {
         Err(not_faked())
     }
 
+    async fn transfer_leader(
+        &self,
+        _: Request<raftkv_client::pb::TransferLeaderRequest>,
+    ) -> Result<Response<raftkv_client::pb::TransferLeaderResponse>, Status> {
+        Err(not_faked())
+    }
+
     async fn backup(&self, _: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         Err(not_faked())
     }

@@ -58,6 +58,9 @@ pub mod error_kind {
     pub const SHUTTING_DOWN: &str = "shutting-down";
     /// The write was submitted but its outcome is unknown (it may or may not commit).
     pub const INDETERMINATE: &str = "indeterminate";
+    /// The call ran out of its deadline on the server (`DEADLINE_EXCEEDED`); a write's outcome
+    /// is unknown.
+    pub const DEADLINE: &str = "deadline";
     /// This node was removed from the cluster and serves nothing; use another node.
     pub const REMOVED: &str = "removed";
     /// The node is running as many calls as it allows (`--max-inflight-requests`); this one did

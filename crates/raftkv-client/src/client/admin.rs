@@ -8,7 +8,8 @@ use std::time::Duration;
 use raftkv_proto::v1::cluster_client::ClusterClient;
 use raftkv_proto::v1::{
     AddMemberRequest, BackupChunk, BackupRequest, ListMembersRequest, MembersResponse, PromoteMemberRequest,
-    RemoveMemberRequest, Role, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    RemoveMemberRequest, Role, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TransferLeaderRequest,
+    TransferLeaderResponse,
 };
 use tokio::time::Instant;
 use tonic::{Code, Status};
@@ -154,6 +155,18 @@ impl Client {
             Some(MEMBERSHIP_TIMEOUT),
             PromoteMemberRequest { id },
             |ch, r| async move { ClusterClient::new(ch).promote_member(r).await },
+        )
+        .await
+    }
+
+    /// Hands leadership to voter `to` (None: the most up-to-date follower); answers once the new
+    /// leader leads. Sent to the leader.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<TransferLeaderResponse, ClientError> {
+        self.call(
+            CallKind::Write,
+            Some(MEMBERSHIP_TIMEOUT),
+            TransferLeaderRequest { to: to.unwrap_or(0) },
+            |ch, r| async move { ClusterClient::new(ch).transfer_leader(r).await },
         )
         .await
     }

@@ -11,7 +11,7 @@ use raftkv_proto::v1::cluster_server::Cluster;
 use raftkv_proto::v1::{
     backup_chunk, AddMemberRequest, BackupChunk, BackupMeta, BackupRequest, ListMembersRequest, Member,
     MembersResponse, PromoteMemberRequest, RemoveMemberRequest, Role, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    StatusResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use raftkv_store::NodeAddr;
 use tonic::{Request, Response, Status};
@@ -116,6 +116,23 @@ impl Cluster for ClusterService {
             .serve("PromoteMember", request, |request| async move {
                 membership::promote(&self.core, request.into_inner().id).await?;
                 self.members_response()
+            })
+            .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        self.calls
+            .serve("TransferLeader", request, |request| async move {
+                membership::require_leader(&self.core)?;
+                let to = request.into_inner().to;
+                let leader_id = leadership::transfer(&self.core.raft, self.core.id, (to != 0).then_some(to)).await?;
+                Ok(Response::new(TransferLeaderResponse {
+                    header: Some(self.core.header()),
+                    leader_id,
+                }))
             })
             .await
     }

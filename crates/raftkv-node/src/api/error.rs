@@ -8,6 +8,7 @@
 //! | NoLeader         | UNAVAILABLE        | `no-leader`     | yes, after a pause              |
 //! | ShuttingDown     | UNAVAILABLE        | `shutting-down` | yes, on another node            |
 //! | Indeterminate    | UNAVAILABLE        | `indeterminate` | only if the write is idempotent |
+//! | DeadlineExceeded | DEADLINE_EXCEEDED  | `deadline`      | a read yes; a write's outcome is unknown |
 //! | Storage          | INTERNAL           | –               | no: the node needs attention    |
 //! | AlreadyAcknowledged | FAILED_PRECONDITION | –            | no: the client already has it   |
 //! | FailedPrecondition | FAILED_PRECONDITION | –              | no: change the cluster first    |
@@ -40,6 +41,12 @@ pub enum ApiError {
     ShuttingDown(NodeId),
     #[error("the outcome of this write is unknown: it may or may not have been applied ({0})")]
     Indeterminate(String),
+    #[error("node {this}: {rpc} did not finish within its deadline of {deadline_ms} ms; if it was a write, its outcome is unknown (it may still be applied): read the key to find out, or retry a write that is safe to repeat")]
+    DeadlineExceeded {
+        this: NodeId,
+        rpc: &'static str,
+        deadline_ms: u64,
+    },
     #[error("storage error on this node: {0}")]
     Storage(String),
     #[error("write {seq} of client {client_id:#x} was already applied and its answer acknowledged; nothing was applied again")]
@@ -134,6 +141,7 @@ impl ApiError {
             Self::NoLeader { .. } => Some(error_kind::NO_LEADER),
             Self::ShuttingDown(_) => Some(error_kind::SHUTTING_DOWN),
             Self::Indeterminate(_) => Some(error_kind::INDETERMINATE),
+            Self::DeadlineExceeded { .. } => Some(error_kind::DEADLINE),
             Self::Removed(_) => Some(error_kind::REMOVED),
             Self::Overloaded { .. } => Some(error_kind::OVERLOADED),
             Self::NoSpace { .. } => Some(error_kind::NO_SPACE),
@@ -152,6 +160,7 @@ impl ApiError {
             Self::NotLeader { .. } | Self::NoLeader { .. } | Self::ShuttingDown(_) | Self::Indeterminate(_) => {
                 Code::Unavailable
             }
+            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Storage(_) => Code::Internal,
             Self::AlreadyAcknowledged { .. } | Self::FailedPrecondition(_) | Self::Removed(_) => {
                 Code::FailedPrecondition

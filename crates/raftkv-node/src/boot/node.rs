@@ -33,6 +33,7 @@ use crate::boot::startup::{self, StartupError};
 use crate::boot::tls::NodeTls;
 use crate::consensus::core::NodeCore;
 use crate::consensus::election_assist::ElectionAssist;
+use crate::consensus::leadership;
 use crate::consensus::read_index::ReadPath;
 use crate::consensus::removal::Removal;
 use crate::consensus::transport::network::{
@@ -229,7 +230,7 @@ impl RunningNode {
             peer_listener,
             shutdown_rx.clone(),
         );
-        let calls = ApiCalls::new(core.clone(), metrics.clone());
+        let calls = ApiCalls::new(core.clone(), metrics.clone(), config.request_timeout());
         let gate = Arc::new(GateConfig {
             node: config.id,
             access,
@@ -327,15 +328,38 @@ impl RunningNode {
         Ok(node)
     }
 
+    /// If this node leads a cluster of several voters, gives leadership to its most up-to-date
+    /// follower, so that stopping it costs clients one hand-off rather than an election timeout.
+    async fn hand_over_leadership(&self) {
+        let (leading, voters) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (
+                m.state == ServerState::Leader,
+                m.membership_config.membership().voter_ids().count(),
+            )
+        };
+        if !leading || voters < 2 || self.removal.is_removed() {
+            return;
+        }
+        match leadership::transfer(&self.raft, self.id, None).await {
+            Ok(to) => tracing::info!(to, "handed leadership to node {to} before stopping"),
+            Err(e) => {
+                tracing::warn!("could not hand leadership over before stopping ({e}); the others will elect a leader")
+            }
+        }
+    }
+
     /// Whether this node knows it was removed from its cluster.
     pub fn removal_is_marked(&self) -> bool {
         self.removal.is_removed()
     }
 
-    /// Stops the node in order: stop taking client calls (letting in-flight ones finish),
-    /// stop Raft, stop the peer API, flush the store.
+    /// Stops the node in order: hand leadership over if it leads, stop taking client calls
+    /// (letting in-flight ones finish), stop Raft, stop the peer API, flush the store.
     pub async fn shutdown(self) {
         tracing::info!(id = self.id, "shutting down");
+        self.hand_over_leadership().await;
         let _ = self.shutdown.send(true);
         if tokio::time::timeout(DRAIN_TIMEOUT, self.client_server).await.is_err() {
             tracing::warn!("client requests did not drain in time");

@@ -8,11 +8,20 @@
 //! no leader in its replies, `Status` reports `ROLE_STEPPED_DOWN`, health says why it is not
 //! serving, writes and linearizable reads sent to it fail at once with `UNAVAILABLE` instead of
 //! waiting for a quorum that is not there.
+//!
+//! It also hands leadership over on purpose ([`transfer`]): `raftkv cluster transfer-leader`,
+//! and a leader stopped with SIGTERM, which gives leadership to its most up-to-date follower
+//! before it goes so that a rolling restart costs one hand-off per node rather than one
+//! election timeout.
 
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
+use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, TypeConfig};
+
+use crate::api::error::ApiError;
 
 type Metrics = openraft::RaftMetrics<TypeConfig>;
 
@@ -48,6 +57,82 @@ pub fn visible_leader(m: &Metrics, lease: Duration) -> Option<NodeId> {
 }
 
 /// The leader lease `raft` runs with.
-pub fn lease_of(raft: &raftkv_store::types::Raft) -> Duration {
+pub fn lease_of(raft: &Raft) -> Duration {
     Duration::from_millis(raft.config().election_timeout_max)
+}
+
+/// How long a leadership hand-off may take, for a cluster whose leader lease is `lease`: the
+/// target must catch up and win one election.
+pub fn transfer_timeout(lease: Duration) -> Duration {
+    lease * 4 + Duration::from_millis(500)
+}
+
+/// The voter (other than `me`) whose log, as the leader last saw it, goes furthest: the best
+/// place for leadership to go.
+pub fn most_up_to_date_follower(m: &Metrics, me: NodeId) -> Option<NodeId> {
+    let replication = m.replication.as_ref()?;
+    m.membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != me)
+        .max_by_key(|id| {
+            (
+                replication.get(id).cloned().flatten().map(|l| l.index),
+                std::cmp::Reverse(*id),
+            )
+        })
+}
+
+/// Hands leadership from this node (`me`, which must lead) to `to`, or to the most up-to-date
+/// follower; returns the new leader once it leads. openraft stops taking writes on this node,
+/// sends the target its missing log and a TransferLeader message, and the target starts an
+/// election that the others grant at once.
+pub async fn transfer(raft: &Raft, me: NodeId, to: Option<NodeId>) -> Result<NodeId, ApiError> {
+    let lease = lease_of(raft);
+    let target = {
+        let m = raft.metrics().borrow_watched().clone();
+        if standing(&m, lease) != Standing::Leading {
+            return Err(ApiError::FailedPrecondition(format!(
+                "node {me} does not lead with a quorum, so it has no leadership to hand over; send this \
+                 to the leader (raftkv cluster leader)"
+            )));
+        }
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        match to {
+            Some(t) if t == me => return Ok(me),
+            Some(t) if !voters.contains(&t) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "node {t} is not a voter of this cluster (voters: {voters:?}); leadership can only go to a voter"
+                )))
+            }
+            Some(t) => t,
+            None => most_up_to_date_follower(&m, me).ok_or_else(|| {
+                ApiError::FailedPrecondition(format!(
+                    "node {me} is the only voter; there is no one to hand leadership to"
+                ))
+            })?,
+        }
+    };
+    tracing::info!(to = target, "handing leadership over");
+    raft.trigger()
+        .transfer_leader(target)
+        .await
+        .map_err(|_| ApiError::ShuttingDown(me))?;
+    let timeout = transfer_timeout(lease);
+    raft.wait(Some(timeout))
+        .metrics(
+            |m| m.current_leader == Some(target) && m.state != ServerState::Leader,
+            "leadership handed over",
+        )
+        .await
+        .map_err(|_| ApiError::NoLeader {
+            this: me,
+            detail: format!(
+                "node {target} did not take over within {} ms (it may be down or far behind); an election \
+                 will pick a leader",
+                timeout.as_millis()
+            ),
+        })?;
+    tracing::info!(to = target, "leadership handed over");
+    Ok(target)
 }

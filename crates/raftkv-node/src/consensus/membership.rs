@@ -88,7 +88,8 @@ pub fn members(core: &NodeCore) -> Vec<MemberInfo> {
         .collect()
 }
 
-fn require_leader(core: &NodeCore) -> Result<(), ApiError> {
+/// Ok on the leader; else the not-leader answer that names the leader if one is known.
+pub fn require_leader(core: &NodeCore) -> Result<(), ApiError> {
     let (state, leader) = {
         let m = core.raft.metrics();
         let m = m.borrow_watched();
