@@ -84,6 +84,9 @@ pub struct FaultEvent {
     pub what: String,
     pub start_ms: f64,
     pub end_ms: f64,
+    /// Elections between this fault's start and the next one's (or the end of the run): how
+    /// far the highest term moved.
+    pub elections: u64,
 }
 
 /// What a run found.
@@ -95,6 +98,10 @@ pub struct ChaosReport {
     pub ops_by_outcome: BTreeMap<String, usize>,
     pub faults: usize,
     pub faults_by_kind: BTreeMap<String, usize>,
+    /// Elections that followed each kind of fault (before the next fault or the end).
+    pub elections_by_fault_kind: BTreeMap<String, u64>,
+    /// Each node's term once the run is over and the cluster converged.
+    pub terms_at_end: BTreeMap<u64, u64>,
     /// Per key: `linearizable`, `violation` or `unknown`.
     pub verdicts: BTreeMap<String, String>,
     pub counterexamples: BTreeMap<String, String>,
@@ -123,6 +130,10 @@ impl ChaosReport {
             "chaos run, seed {}: {:.0} s, {} operations {:?}, {} faults {:?}\n",
             self.seed, self.duration_s, self.ops, self.ops_by_outcome, self.faults, self.faults_by_kind
         );
+        out.push_str(&format!(
+            "elections after faults, by kind: {:?}; terms at the end: {:?}\n",
+            self.elections_by_fault_kind, self.terms_at_end
+        ));
         for (key, verdict) in &self.verdicts {
             out.push_str(&format!("  {key}: {verdict}\n"));
         }
@@ -197,14 +208,16 @@ impl Testbed {
         Ok(())
     }
 
-    /// The leader most nodes agree on, if any answers quickly.
-    async fn leader(&self, client: &Client) -> Option<u64> {
+    /// The leader most nodes agree on, and each answering node's term.
+    async fn survey(&self, client: &Client) -> (Option<u64>, BTreeMap<u64, u64>) {
         let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut terms = BTreeMap::new();
         for id in self.cluster.ids() {
             if let Ok(s) = client
                 .status_of(&self.cluster.client_addr(id), Duration::from_millis(300))
                 .await
             {
+                terms.insert(id, s.term);
                 if s.role == Role::Leader as i32 {
                     *votes.entry(s.id).or_default() += 2;
                 } else if s.leader_id != 0 {
@@ -212,7 +225,8 @@ impl Testbed {
                 }
             }
         }
-        votes.into_iter().max_by_key(|(_, v)| *v).map(|(id, _)| id)
+        let leader = votes.into_iter().max_by_key(|(_, v)| *v).map(|(id, _)| id);
+        (leader, terms)
     }
 }
 
@@ -231,12 +245,13 @@ async fn nemesis(
     origin: Instant,
     stop_at: Instant,
     probe: &Client,
-) -> anyhow::Result<Vec<FaultEvent>> {
+) -> anyhow::Result<(Vec<FaultEvent>, u64)> {
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut timeline = Vec::new();
+    let mut timeline: Vec<FaultEvent> = Vec::new();
+    let mut last_term = bed.survey(probe).await.1.values().copied().max().unwrap_or(0);
     if config.faults.is_empty() {
         tokio::time::sleep_until(stop_at).await;
-        return Ok(timeline);
+        return Ok((timeline, last_term));
     }
     loop {
         let calm = Duration::from_millis(rng.random_range(800..2500));
@@ -246,7 +261,12 @@ async fn nemesis(
         tokio::time::sleep(calm).await;
         let kind = config.faults[rng.random_range(0..config.faults.len())];
         let ids = bed.cluster.ids();
-        let leader = bed.leader(probe).await;
+        let (leader, terms) = bed.survey(probe).await;
+        let term = terms.values().copied().max().unwrap_or(last_term).max(last_term);
+        if let Some(previous) = timeline.last_mut() {
+            previous.elections = term - last_term;
+        }
+        last_term = term;
         let target_leader = rng.random_bool(0.5) && leader.is_some();
         let target = match (target_leader, leader) {
             (true, Some(l)) => l,
@@ -295,9 +315,10 @@ async fn nemesis(
             what,
             start_ms,
             end_ms: millis(origin),
+            elections: 0,
         });
     }
-    Ok(timeline)
+    Ok((timeline, last_term))
 }
 
 /// One client's workload: reads, writes and CAS on the shared keys, recorded.
@@ -478,7 +499,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             history.clone(),
         )));
     }
-    let timeline = nemesis(&mut bed, &config, origin, stop_at, &probe).await?;
+    let (mut timeline, term_at_last_fault) = nemesis(&mut bed, &config, origin, stop_at, &probe).await?;
     tokio::time::sleep_until(stop_at).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -487,6 +508,11 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let duration_s = origin.elapsed().as_secs_f64();
     bed.heal_all()?;
     let (converged, convergence_detail) = converge(&bed).await;
+    let terms_at_end = bed.survey(&probe).await.1;
+    let final_term = terms_at_end.values().copied().max().unwrap_or(0);
+    if let Some(last) = timeline.last_mut() {
+        last.elections = final_term.saturating_sub(term_at_last_fault);
+    }
 
     let history = std::mem::take(&mut *history.lock().unwrap_or_else(|e| e.into_inner()));
     write_jsonl(&config.out_dir.join("history.jsonl"), &history)?;
@@ -505,10 +531,11 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         *ops_by_outcome.entry(format!("{kind}_{outcome}")).or_insert(0) += 1;
     }
     let mut faults_by_kind = BTreeMap::new();
+    let mut elections_by_fault_kind = BTreeMap::new();
     for f in &timeline {
-        *faults_by_kind
-            .entry(format!("{:?}", f.kind).to_lowercase())
-            .or_insert(0) += 1;
+        let kind = format!("{:?}", f.kind).to_lowercase();
+        *faults_by_kind.entry(kind.clone()).or_insert(0) += 1;
+        *elections_by_fault_kind.entry(kind).or_insert(0) += f.elections;
     }
     let mut verdicts = BTreeMap::new();
     let mut counterexamples = BTreeMap::new();
@@ -530,6 +557,8 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         ops_by_outcome,
         faults: timeline.len(),
         faults_by_kind,
+        elections_by_fault_kind,
+        terms_at_end,
         verdicts,
         counterexamples,
         linearizable: checked.is_linearizable(),
