@@ -204,12 +204,14 @@ impl RunningNode {
             peers: network.clone(),
             writes: WriteBatcher::new(config.id, raft.clone(), crate::consensus::core::now_millis),
             disk: disk.clone(),
+            leader_contact: leadership::LeaderContact::default(),
         };
 
         let assist = ElectionAssist::new(
             raft.clone(),
             config.id,
             std::time::Duration::from_millis(config.election_min_ms),
+            core.leader_contact.clone(),
         );
         raft.run();
         let peer_service = PeerService::new(

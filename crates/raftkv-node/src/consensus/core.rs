@@ -30,6 +30,8 @@ pub struct NodeCore {
     pub writes: WriteBatcher,
     /// Free-space alarm: writes are refused while it is on.
     pub disk: DiskGuard,
+    /// When a leader was last heard from (for health).
+    pub leader_contact: leadership::LeaderContact,
 }
 
 impl NodeCore {

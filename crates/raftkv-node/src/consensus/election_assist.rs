@@ -31,11 +31,13 @@
 
 use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftkv_store::types::Raft;
 use raftkv_store::{LogId, NodeId};
+
+use crate::consensus::leadership::LeaderContact;
 
 type VoteResponse = openraft::raft::VoteResponse<raftkv_store::TypeConfig>;
 
@@ -49,7 +51,7 @@ struct Inner {
     raft: Raft,
     id: NodeId,
     silence: Duration,
-    last_append: Mutex<Option<Instant>>,
+    contact: LeaderContact,
     assisted_term: AtomicU64,
 }
 
@@ -65,13 +67,13 @@ pub struct RefusedVote {
 impl ElectionAssist {
     /// `silence`: how long without AppendEntries before this node believes the leader gone
     /// (the election-min timeout is a good value: the candidate waited longer than that).
-    pub fn new(raft: Raft, id: NodeId, silence: Duration) -> Self {
+    pub fn new(raft: Raft, id: NodeId, silence: Duration, contact: LeaderContact) -> Self {
         Self {
             inner: Arc::new(Inner {
                 raft,
                 id,
                 silence,
-                last_append: Mutex::new(None),
+                contact,
                 assisted_term: AtomicU64::new(0),
             }),
         }
@@ -79,12 +81,12 @@ impl ElectionAssist {
 
     /// An AppendEntries (or heartbeat) arrived from a leader.
     pub fn heard_from_leader(&self) {
-        *self.inner.last_append.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.inner.contact.heard();
     }
 
     /// Whether to campaign after refusing `vote` (see [`should_assist`]).
     pub fn should_assist(&self, vote: &RefusedVote) -> bool {
-        let last_append = *self.inner.last_append.lock().unwrap_or_else(|e| e.into_inner());
+        let last_append = self.inner.contact.last();
         should_assist(vote, last_append, self.inner.silence, &self.inner.assisted_term)
     }
 

@@ -25,6 +25,32 @@ use crate::api::error::ApiError;
 
 type Metrics = openraft::RaftMetrics<TypeConfig>;
 
+/// When this node last heard from a leader (an AppendEntries or heartbeat arrived). openraft's
+/// metrics say which leader a follower knows, not whether it still hears it; with pre-vote a
+/// follower cut off from everyone keeps naming its old leader, so health asks this instead.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderContact {
+    last: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl LeaderContact {
+    /// An AppendEntries (or heartbeat) arrived from a leader.
+    pub fn heard(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// When a leader was last heard from (None: never, since this process started).
+    pub fn last(&self) -> Option<std::time::Instant> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Milliseconds since a leader was last heard from (None: never).
+    pub fn silent_ms(&self) -> Option<u64> {
+        self.last()
+            .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 /// How this node stands, from its latest Raft metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {

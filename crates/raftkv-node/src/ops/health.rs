@@ -4,8 +4,9 @@
 //! up:
 //! - a leader must have heard from a quorum within the maximum election timeout (a leader cut off
 //!   from the majority stops serving even though it still believes it leads);
-//! - a follower must have applied up to within [`MAX_APPLY_LAG`] entries of the commit index the
-//!   leader told it.
+//! - a follower must have heard from its leader within the maximum election timeout (with
+//!   pre-vote, a follower cut off from everyone keeps naming its old leader), and have applied up
+//!   to within [`MAX_APPLY_LAG`] entries of the commit index the leader told it.
 //!
 //! The verdict is recomputed every [`CHECK_INTERVAL`] and published three ways: the standard gRPC
 //! health service (`grpc.health.v1.Health`, service names `""` and `raftkv.v1.KV`), `/readyz` on
@@ -48,6 +49,8 @@ pub struct HealthInputs {
     pub is_member: bool,
     pub leader: Option<u64>,
     pub millis_since_quorum_ack: Option<u64>,
+    /// On a follower: milliseconds since it last heard from a leader (None: not since start).
+    pub millis_since_leader_contact: Option<u64>,
     pub committed: u64,
     pub applied: u64,
     pub election_max_ms: u64,
@@ -68,6 +71,13 @@ pub fn evaluate(i: &HealthInputs) -> Health {
             Some(ms) if ms <= i.election_max_ms => {}
             Some(ms) => return Health::not(format!("leader has not heard from a quorum for {ms} ms")),
             None => return Health::not("leader has not heard from a quorum yet".into()),
+        }
+    }
+    if i.state != ServerState::Leader {
+        if let Some(ms) = i.millis_since_leader_contact.filter(|ms| *ms > i.election_max_ms) {
+            return Health::not(format!(
+                "no word from leader {leader} for {ms} ms (cut off, or it is gone)"
+            ));
         }
     }
     let behind = i.committed.saturating_sub(i.applied);
@@ -121,6 +131,7 @@ async fn inputs(core: &NodeCore, election_max_ms: u64) -> (HealthInputs, InCommi
         is_member: m.membership_config.membership().get_node(&core.id).is_some() && !core.removal.is_removed(),
         leader: m.current_leader,
         millis_since_quorum_ack: raftkv_store::types::quorum_ack_age_ms(&m),
+        millis_since_leader_contact: core.leader_contact.silent_ms(),
         committed,
         applied: m.last_applied.map_or(0, |l| l.index),
         election_max_ms,
@@ -188,6 +199,7 @@ mod tests {
             is_member: true,
             leader: Some(1),
             millis_since_quorum_ack: None,
+            millis_since_leader_contact: Some(20),
             committed: 100,
             applied: 100,
             election_max_ms: 300,
@@ -231,6 +243,13 @@ mod tests {
                     ..healthy_follower()
                 },
                 "has not heard from a quorum for 900 ms",
+            ),
+            (
+                HealthInputs {
+                    millis_since_leader_contact: Some(1200),
+                    ..healthy_follower()
+                },
+                "no word from leader 1 for 1200 ms",
             ),
             (
                 HealthInputs {
