@@ -78,6 +78,21 @@ impl InProcessCluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// Cuts node `id` off from every other running node, both ways.
+    pub fn isolate(&self, id: NodeId) {
+        for other in self.running().into_iter().filter(|o| *o != id) {
+            self.node(id).faults.block(other);
+            self.node(other).faults.block(id);
+        }
+    }
+
+    /// Restores every link between running nodes.
+    pub fn heal_links(&self) {
+        for id in self.running() {
+            self.node(id).faults.heal();
+        }
+    }
+
     /// Client address of node `id` (running or not).
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: NodeId) -> std::path::PathBuf {

@@ -112,12 +112,7 @@ async fn health_follows_the_ability_to_serve() -> anyhow::Result<()> {
     let metrics = cluster.node(cut).metrics_addr.expect("metrics");
     assert_eq!(http_get(metrics, "/readyz").await?.0, 200);
 
-    for id in cluster.running() {
-        if id != cut {
-            cluster.node(cut).faults.block(id);
-            cluster.node(id).faults.block(cut);
-        }
-    }
+    cluster.isolate(cut);
     wait::until(T, "NOT_SERVING while cut off", || async {
         (status(&health).await? == ServingStatus::NotServing as i32).then_some(())
     })
@@ -137,10 +132,7 @@ async fn health_follows_the_ability_to_serve() -> anyhow::Result<()> {
     let client = raftkv_client::Client::new(raftkv_client::ClientConfig::new(majority))?;
     client.put("while-cut", "x").await?;
 
-    for id in cluster.running() {
-        cluster.node(cut).faults.unblock(id);
-        cluster.node(id).faults.unblock(cut);
-    }
+    cluster.heal_links();
     wait::until(T, "SERVING again after healing", || async {
         (status(&health).await? == ServingStatus::Serving as i32).then_some(())
     })

@@ -16,19 +16,6 @@ const T: Duration = Duration::from_secs(10);
 /// How long a partition lasts: several election timeouts of the harness (150–300 ms).
 const PARTITION: Duration = Duration::from_millis(1500);
 
-fn cut(cluster: &InProcessCluster, node: u64) {
-    for other in cluster.running().into_iter().filter(|id| *id != node) {
-        cluster.node(node).faults.block(other);
-        cluster.node(other).faults.block(node);
-    }
-}
-
-fn heal(cluster: &InProcessCluster) {
-    for id in cluster.running() {
-        cluster.node(id).faults.heal();
-    }
-}
-
 fn terms(cluster: &InProcessCluster) -> Vec<(u64, u64)> {
     cluster
         .running()
@@ -58,7 +45,7 @@ async fn an_isolated_follower_rejoins_without_an_election() -> anyhow::Result<()
     client.put("before", "1").await?;
     let term = cluster.node(leader).raft.metrics().borrow_watched().current_term;
 
-    cut(&cluster, follower);
+    cluster.isolate(follower);
     tokio::time::sleep(PARTITION).await; // the fault's duration, not a synchronization
     let written = client.put("during", "2").await?;
     assert_eq!(
@@ -66,7 +53,7 @@ async fn an_isolated_follower_rejoins_without_an_election() -> anyhow::Result<()
         term,
         "the cut-off follower raised its term"
     );
-    heal(&cluster);
+    cluster.heal_links();
 
     wait::until(T, "the follower to catch up", || async {
         (cluster.applied_index(follower) >= written.revision).then_some(())
@@ -94,7 +81,7 @@ async fn an_isolated_leader_steps_down_and_rejoins_without_campaigning() -> anyh
     let old = cluster.wait_for_leader(T).await?;
     cluster.client().put("k", "before").await?;
 
-    cut(&cluster, old);
+    cluster.isolate(old);
     let stepped_down = wait::until(T, "the isolated leader to step down", || async {
         let s = status(&cluster, old).await.ok()?;
         (s.role == Role::SteppedDown as i32).then_some(s)
@@ -129,7 +116,7 @@ async fn an_isolated_leader_steps_down_and_rejoins_without_campaigning() -> anyh
     let written = majority.put("k", "after").await?;
     let new_term = cluster.node(new).raft.metrics().borrow_watched().current_term;
 
-    heal(&cluster);
+    cluster.heal_links();
     wait::until(T, "the old leader to follow the new one", || async {
         let m = cluster.node(old).raft.metrics().borrow_watched().clone();
         (m.current_leader == Some(new) && m.last_applied.map_or(0, |l| l.index) >= written.revision).then_some(())

@@ -78,10 +78,7 @@ async fn a_deposed_leader_never_serves_an_old_linearizable_read() -> anyhow::Res
 
     tracing::info!(old, "--- isolate the leader");
     let others: Vec<u64> = cluster.running().into_iter().filter(|id| *id != old).collect();
-    for id in &others {
-        cluster.node(old).faults.block(*id);
-        cluster.node(*id).faults.block(old);
-    }
+    cluster.isolate(old);
     let new = wait::until(T, "a new leader among the others", || async {
         let m = cluster.node(others[0]).raft.metrics().borrow_watched().clone();
         m.current_leader.filter(|l| *l != old && others.contains(l))
@@ -123,10 +120,7 @@ async fn a_deposed_leader_never_serves_an_old_linearizable_read() -> anyhow::Res
     assert_ne!(stale.header.expect("header").leader_id, new);
 
     tracing::info!("--- heal");
-    for id in &others {
-        cluster.node(old).faults.unblock(*id);
-        cluster.node(*id).faults.unblock(old);
-    }
+    cluster.heal_links();
     wait::until(T, "the old leader to serve the new value", || async {
         let r = kv(&cluster.client_addr(old)).await.get(linearizable("k")).await.ok()?;
         (r.into_inner().kv?.value == b"new").then_some(())

@@ -211,26 +211,18 @@ async fn each_request_limit_admits_its_value_and_refuses_one_more() -> anyhow::R
     Ok(())
 }
 
-/// Cuts `leader` off from both followers, so a write on it cannot commit.
-fn cut_off(cluster: &InProcessCluster, leader: u64) {
-    for other in cluster.running().into_iter().filter(|id| *id != leader) {
-        cluster.node(leader).faults.block(other);
-        cluster.node(other).faults.block(leader);
-    }
-}
-
 /// Cuts the current leader off from both followers and returns it. Checked after the cut: a
 /// spurious election just before it (CI machines are slow) would leave a deposed node, on which
 /// a write fails at once instead of hanging, so then the links heal and it tries again.
 async fn cut_off_the_leader(cluster: &InProcessCluster) -> anyhow::Result<u64> {
     for _ in 0..5 {
         let leader = cluster.wait_for_leader(T).await?;
-        cut_off(cluster, leader);
+        cluster.isolate(leader);
         let m = cluster.node(leader).raft.metrics().borrow_watched().clone();
         if m.state == openraft::ServerState::Leader && m.current_leader == Some(leader) {
             return Ok(leader);
         }
-        heal(cluster, leader);
+        cluster.heal_links();
     }
     anyhow::bail!("leadership kept moving; could not cut off a leader")
 }
@@ -263,13 +255,6 @@ fn stale_get() -> GetRequest {
     }
 }
 
-fn heal(cluster: &InProcessCluster, leader: u64) {
-    for other in cluster.running().into_iter().filter(|id| *id != leader) {
-        cluster.node(leader).faults.unblock(other);
-        cluster.node(other).faults.unblock(leader);
-    }
-}
-
 /// - A node running as many calls as `--max-inflight-requests` allows refuses the next one at
 ///   once with RESOURCE_EXHAUSTED, `raftkv-error: overloaded` and the flag's name, instead of
 ///   queueing it; once the stuck call ends it serves again.
@@ -296,7 +281,7 @@ async fn a_node_at_its_inflight_limit_sheds_the_next_call() -> anyhow::Result<()
     let kind = shed.metadata().get(metadata::ERROR_KIND).and_then(|v| v.to_str().ok());
     assert_eq!(kind, Some(error_kind::OVERLOADED));
 
-    heal(&cluster, leader);
+    cluster.heal_links();
     hung.await?;
     kv.get(stale_get()).await?;
     cluster.shutdown().await;
@@ -329,7 +314,7 @@ async fn one_connection_cannot_run_more_calls_than_its_limit() -> anyhow::Result
     );
     KvClient::new(channel(&addr).await?).get(stale_get()).await?;
 
-    heal(&cluster, leader);
+    cluster.heal_links();
     hung.await?;
     cluster.shutdown().await;
     Ok(())

@@ -469,6 +469,22 @@ impl PeerClient {
         }
     }
 
+    /// A vote or pre-vote request; a refusal reaches openraft without the longer-log hint
+    /// (see [`crate::consensus::election_assist::without_greater_log_hint`]).
+    async fn vote_round(
+        &mut self,
+        rpc: PeerRpc,
+        req: VoteRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        let candidate_last_log = req.last_log_id;
+        let resp: VoteResponse<TypeConfig> = self.call(rpc, &req, option).await?;
+        Ok(crate::consensus::election_assist::without_greater_log_hint(
+            resp,
+            candidate_last_log,
+        ))
+    }
+
     fn snapshot_reply(
         &self,
         reply: Result<tonic::Response<RaftMessage>, tonic::Status>,
@@ -502,12 +518,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 
     async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> RpcResult<VoteResponse<TypeConfig>> {
-        let candidate_last_log = rpc.last_log_id;
-        let resp: VoteResponse<TypeConfig> = self.call(PeerRpc::Vote, &rpc, &option).await?;
-        Ok(crate::consensus::election_assist::without_greater_log_hint(
-            resp,
-            candidate_last_log,
-        ))
+        self.vote_round(PeerRpc::Vote, rpc, &option).await
     }
 
     async fn pre_vote(
@@ -515,12 +526,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
-        let candidate_last_log = rpc.last_log_id;
-        let resp: VoteResponse<TypeConfig> = self.call(PeerRpc::PreVote, &rpc, &option).await?;
-        Ok(crate::consensus::election_assist::without_greater_log_hint(
-            resp,
-            candidate_last_log,
-        ))
+        self.vote_round(PeerRpc::PreVote, rpc, &option).await
     }
 
     async fn full_snapshot(
