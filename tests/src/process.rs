@@ -331,6 +331,38 @@ impl ProcessCluster {
         }
     }
 
+    /// Waits until every node in `among` has applied what the leader has and holds exactly the
+    /// leader's data; returns that data. Call it once writes have stopped. On timeout the error
+    /// names the first key on which a node differs from the leader — replicas that diverge
+    /// (rather than lag) never converge, and that is what it reports.
+    pub async fn wait_converged(&self, among: &[NodeId], timeout: Duration) -> anyhow::Result<Vec<KeyValue>> {
+        let leader = self.wait_for_leader(among, timeout).await?;
+        let target = self.applied_index(leader).await?;
+        for id in among {
+            wait::until(timeout, &format!("node {id} to apply index {target}"), || async {
+                (self.applied_index(*id).await.ok()? >= target).then_some(())
+            })
+            .await?;
+        }
+        let reference = self.dump(leader).await?;
+        for id in among {
+            // Having applied the same index, they should agree at once; a few seconds is slack.
+            let settle = timeout.min(Duration::from_secs(5));
+            let converged = wait::until(settle, "identical data", || async {
+                (self.dump(*id).await.ok()? == reference).then_some(())
+            })
+            .await;
+            if converged.is_err() {
+                let theirs = self.dump(*id).await?;
+                anyhow::bail!(
+                    "node {id} holds different data from leader {leader} at index {target}: {}",
+                    first_difference(&reference, &theirs)
+                );
+            }
+        }
+        Ok(reference)
+    }
+
     /// Node `id`'s log so far.
     pub fn logs(&self, id: NodeId) -> String {
         std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
@@ -348,6 +380,49 @@ impl Drop for ProcessCluster {
             for id in ids {
                 eprintln!("----- raftkvd node {id} log -----\n{}", self.logs(id));
             }
+            // For a post-mortem of a rare failure: keep the data dirs and full logs.
+            if std::env::var_os("RAFTKV_KEEP_FAILED_DIRS").is_some() {
+                if let Ok(placeholder) = TempDir::new() {
+                    let kept = std::mem::replace(&mut self.dir, placeholder).keep();
+                    eprintln!("----- data dirs and logs kept in {} -----", kept.display());
+                }
+            }
         }
     }
+}
+
+/// Where two dumps first differ, for a failure message.
+fn first_difference(leader: &[KeyValue], other: &[KeyValue]) -> String {
+    let show = |kv: Option<&KeyValue>| match kv {
+        Some(kv) => format!(
+            "{}={}",
+            String::from_utf8_lossy(&kv.key),
+            String::from_utf8_lossy(&kv.value)
+        ),
+        None => "nothing".to_string(),
+    };
+    let at = leader
+        .iter()
+        .zip(other)
+        .position(|(a, b)| a != b)
+        .unwrap_or(leader.len().min(other.len()));
+    format!(
+        "leader has {} keys, it has {}; first difference: leader {} vs {}",
+        leader.len(),
+        other.len(),
+        show(leader.get(at)),
+        show(other.get(at))
+    )
+}
+
+/// A dump as text: key to value, for comparing with what a test wrote.
+pub fn as_text(kvs: Vec<KeyValue>) -> BTreeMap<String, String> {
+    kvs.into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+            )
+        })
+        .collect()
 }

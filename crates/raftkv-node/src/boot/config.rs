@@ -459,6 +459,13 @@ impl NodeConfig {
             // A follower asks first whether it could win before it raises its term: a node that
             // was paused, cut off or restarted cannot depose a healthy leader when it returns.
             enable_pre_vote: Some(true),
+            // A restarted leader stands for election like any node; it never leads again in
+            // the term it led before. The leader sends entries before its own fsync of them
+            // ends (the overlap above), so a crash can leave the followers holding entries it
+            // lost; resuming its old term, it would write other entries under the same log ids,
+            // which followers take as already present, and the replicas would diverge.
+            // openraft 0.10 restores a leader by default; this must stay off.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
     }
