@@ -84,8 +84,17 @@ pub struct FaultEvent {
     pub what: String,
     pub start_ms: f64,
     pub end_ms: f64,
+    /// Whether it hit the node that led when it began (which makes one election expected).
+    pub on_leader: bool,
     /// Elections between this fault's start and the next one's (or the end of the run): how
     /// far the highest term moved.
+    pub elections: u64,
+}
+
+/// Faults of one kind on one role, and the elections that followed them.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FaultTally {
+    pub faults: u64,
     pub elections: u64,
 }
 
@@ -98,8 +107,10 @@ pub struct ChaosReport {
     pub ops_by_outcome: BTreeMap<String, usize>,
     pub faults: usize,
     pub faults_by_kind: BTreeMap<String, usize>,
-    /// Elections that followed each kind of fault (before the next fault or the end).
-    pub elections_by_fault_kind: BTreeMap<String, u64>,
+    /// Per kind of fault and the role it hit (`pause follower`, `kill leader`...): how many,
+    /// and the elections that followed (before the next fault or the end). A fault on a
+    /// follower should cost none; one on the leader, one.
+    pub elections_by_fault: BTreeMap<String, FaultTally>,
     /// Each node's term once the run is over and the cluster converged.
     pub terms_at_end: BTreeMap<u64, u64>,
     /// Per key: `linearizable`, `violation` or `unknown`.
@@ -130,9 +141,15 @@ impl ChaosReport {
             "chaos run, seed {}: {:.0} s, {} operations {:?}, {} faults {:?}\n",
             self.seed, self.duration_s, self.ops, self.ops_by_outcome, self.faults, self.faults_by_kind
         );
+        let tallies: Vec<String> = self
+            .elections_by_fault
+            .iter()
+            .map(|(what, t)| format!("{what} {} in {}", t.elections, t.faults))
+            .collect();
         out.push_str(&format!(
-            "elections after faults, by kind: {:?}; terms at the end: {:?}\n",
-            self.elections_by_fault_kind, self.terms_at_end
+            "elections after faults: {}; terms at the end: {:?}\n",
+            tallies.join(", "),
+            self.terms_at_end
         ));
         for (key, verdict) in &self.verdicts {
             out.push_str(&format!("  {key}: {verdict}\n"));
@@ -315,6 +332,7 @@ async fn nemesis(
             what,
             start_ms,
             end_ms: millis(origin),
+            on_leader: Some(target) == leader,
             elections: 0,
         });
     }
@@ -531,11 +549,14 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         *ops_by_outcome.entry(format!("{kind}_{outcome}")).or_insert(0) += 1;
     }
     let mut faults_by_kind = BTreeMap::new();
-    let mut elections_by_fault_kind = BTreeMap::new();
+    let mut elections_by_fault: BTreeMap<String, FaultTally> = BTreeMap::new();
     for f in &timeline {
         let kind = format!("{:?}", f.kind).to_lowercase();
         *faults_by_kind.entry(kind.clone()).or_insert(0) += 1;
-        *elections_by_fault_kind.entry(kind).or_insert(0) += f.elections;
+        let role = if f.on_leader { "leader" } else { "follower" };
+        let tally = elections_by_fault.entry(format!("{kind} {role}")).or_default();
+        tally.faults += 1;
+        tally.elections += f.elections;
     }
     let mut verdicts = BTreeMap::new();
     let mut counterexamples = BTreeMap::new();
@@ -557,7 +578,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         ops_by_outcome,
         faults: timeline.len(),
         faults_by_kind,
-        elections_by_fault_kind,
+        elections_by_fault,
         terms_at_end,
         verdicts,
         counterexamples,
