@@ -82,6 +82,22 @@ impl ApiError {
         }
     }
 
+    /// The answer of a leader that has stepped down: no majority answered it within the
+    /// election timeout (`silent_ms`: for how long, when known).
+    pub fn stepped_down(this: NodeId, silent_ms: Option<u64>) -> Self {
+        let silence = match silent_ms {
+            Some(ms) => format!("for {ms} ms"),
+            None => "within the election timeout".into(),
+        };
+        Self::NoLeader {
+            this,
+            detail: format!(
+                "it was elected leader but no majority has answered it {silence}, so it stepped down ({})",
+                Self::ELECTION_OR_NO_QUORUM
+            ),
+        }
+    }
+
     /// Builds the "go to the leader" answer from openraft's forward hint.
     pub fn forward(this: NodeId, f: &ForwardToLeader<TypeConfig>) -> Self {
         match (f.leader_id, &f.leader_node) {
@@ -93,11 +109,7 @@ impl ApiError {
             _ => Self::NoLeader {
                 this,
                 detail: match f.reason {
-                    ForwardReason::LeaseExpired => format!(
-                        "it was elected leader but has not heard from a majority within the election timeout, \
-                         so it stepped down ({})",
-                        Self::ELECTION_OR_NO_QUORUM
-                    ),
+                    ForwardReason::LeaseExpired => return Self::stepped_down(this, None),
                     ForwardReason::LeadershipTransfer => "it is handing leadership to another node".into(),
                     ForwardReason::NotLeader => Self::ELECTION_OR_NO_QUORUM.into(),
                 },

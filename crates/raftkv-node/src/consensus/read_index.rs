@@ -192,14 +192,7 @@ async fn read_index_anywhere(
 async fn confirm_leadership(id: NodeId, raft: &Raft) -> Result<u64, ApiError> {
     let standing = leadership::standing(&raft.metrics().borrow_watched(), leadership::lease_of(raft));
     if let Standing::SteppedDown { silent_ms } = standing {
-        return Err(ApiError::NoLeader {
-            this: id,
-            detail: format!(
-                "it was elected leader but no majority has answered it for {silent_ms} ms, so it stepped \
-                 down ({})",
-                ApiError::ELECTION_OR_NO_QUORUM
-            ),
-        });
+        return Err(ApiError::stepped_down(id, Some(silent_ms)));
     }
     match raft.get_read_log_id(openraft::ReadPolicy::ReadIndex).await {
         Ok((read_log_id, _applied)) => Ok(read_log_id.index()),
