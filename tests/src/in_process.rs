@@ -152,6 +152,23 @@ impl InProcessCluster {
         Ok(())
     }
 
+    /// Waits until every running node holds the change with revision `revision` (and every
+    /// one before it): its store revision has reached it.
+    pub async fn wait_revision(&self, revision: u64, timeout: Duration) -> anyhow::Result<()> {
+        for id in self.nodes.keys() {
+            wait::until(timeout, &format!("node {id} to reach revision {revision}"), || async {
+                (self.revision(*id) >= revision).then_some(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The store revision node `id` has applied.
+    pub fn revision(&self, id: NodeId) -> u64 {
+        self.nodes[&id].store.reader().revision()
+    }
+
     /// The applied index of the leader `id`.
     pub fn applied_index(&self, id: NodeId) -> u64 {
         self.nodes[&id].store.reader().applied_index()

@@ -303,6 +303,13 @@ impl ProcessCluster {
             .applied_index)
     }
 
+    /// The store revision node `id` reports (its header's): it holds every change up to it.
+    pub async fn revision(&self, id: NodeId) -> anyhow::Result<u64> {
+        let client = self.client_for(&[id], Duration::from_secs(1));
+        let status = client.status_of(&self.client_addr(id), Duration::from_secs(1)).await?;
+        Ok(status.header.map_or(0, |h| h.revision))
+    }
+
     /// Every key-value node `id` holds, read locally (stale) and paged.
     pub async fn dump(&self, id: NodeId) -> anyhow::Result<Vec<KeyValue>> {
         let client = self.client_for(&[id], Duration::from_secs(5));

@@ -69,7 +69,7 @@ async fn a_damaged_log_entry_or_snapshot_stops_the_node_at_start() -> anyhow::Re
     for i in 0..40 {
         last = client.put(format!("k{i:02}"), "v").await?.revision;
     }
-    cluster.wait_applied(last, T).await?;
+    cluster.wait_revision(last, T).await?;
     wait::until(T, "the follower to snapshot", || async {
         cluster
             .node(victim)
@@ -110,7 +110,7 @@ async fn a_damaged_log_entry_or_snapshot_stops_the_node_at_start() -> anyhow::Re
 
     let missed = client.put("while-down", "v").await?.revision;
     cluster.restart(victim).await?;
-    cluster.wait_applied(missed, T).await?;
+    cluster.wait_revision(missed, T).await?;
     cluster.shutdown().await;
     Ok(())
 }

@@ -30,8 +30,8 @@ async fn numbered_put(addr: &str, client_id: u64, seq: u64, key: &str, value: &s
 }
 
 /// The version of `key` on every running node, once they have all applied `index`.
-async fn versions(cluster: &InProcessCluster, key: &[u8], index: u64) -> anyhow::Result<Vec<u64>> {
-    cluster.wait_applied(index, T).await?;
+async fn versions(cluster: &InProcessCluster, key: &[u8], revision: u64) -> anyhow::Result<Vec<u64>> {
+    cluster.wait_revision(revision, T).await?;
     let mut out = Vec::new();
     for id in cluster.running() {
         let kv = cluster.node(id).store.reader().get(key)?;
@@ -86,7 +86,7 @@ async fn a_follower_restored_from_a_snapshot_still_recognizes_retries() -> anyho
         .find(|id| *id != leader)
         .expect("follower");
     let first = numbered_put(&cluster.client_addr(leader), 777, 1, "k", "v").await?;
-    cluster.wait_applied(first, T).await?;
+    cluster.wait_revision(first, T).await?;
 
     cluster.stop(follower).await;
     let client = cluster.client();
@@ -102,7 +102,7 @@ async fn a_follower_restored_from_a_snapshot_still_recognizes_retries() -> anyho
     .await?;
     cluster.restart(follower).await?;
     let caught_up = client.put("caught-up", "x").await?;
-    cluster.wait_applied(caught_up.revision, T).await?;
+    cluster.wait_revision(caught_up.revision, T).await?;
     let snapshot = cluster.node(follower).raft.metrics().borrow_watched().snapshot;
     assert!(
         snapshot.is_some_and(|s| s.index > first),

@@ -33,7 +33,7 @@ async fn election_and_replication() -> anyhow::Result<()> {
         last_revision = r.revision;
     }
     let r = client.put("key-000", "changed").await?;
-    cluster.wait_applied(r.revision, T).await?;
+    cluster.wait_revision(r.revision, T).await?;
 
     let reference = cluster.dump(leader)?;
     assert_eq!(reference.len(), 50);
@@ -94,7 +94,7 @@ async fn follower_answers_with_the_leader_hint() -> anyhow::Result<()> {
     let client = raftkv_client::Client::new(raftkv_client::ClientConfig::new([cluster.client_addr(follower)]))?;
     let put = client.put("k", "v").await?;
     assert_eq!(client.known_leader(), Some(cluster.client_addr(leader)));
-    cluster.wait_applied(put.revision, T).await?;
+    cluster.wait_revision(put.revision, T).await?;
 
     let stale = kv
         .get(GetRequest {
@@ -165,7 +165,7 @@ async fn restarted_node_recovers_from_its_data_dir() -> anyhow::Result<()> {
         client.put(format!("a-{i}"), "1").await?;
     }
     let before = client.put("marker", "1").await?;
-    cluster.wait_applied(before.revision, T).await?;
+    cluster.wait_revision(before.revision, T).await?;
 
     tracing::info!(follower, "--- stopping a follower");
     cluster.stop(follower).await;
@@ -178,8 +178,8 @@ async fn restarted_node_recovers_from_its_data_dir() -> anyhow::Result<()> {
     tracing::info!(follower, "--- restarting it");
     cluster.restart(follower).await?;
     // Right after the restart, before any catch-up, what it had applied is there.
-    assert!(cluster.applied_index(follower) >= before.revision);
-    cluster.wait_applied(last.revision, T).await?;
+    assert!(cluster.revision(follower) >= before.revision);
+    cluster.wait_revision(last.revision, T).await?;
     let leader = cluster.wait_for_leader(T).await?;
     assert_eq!(cluster.dump(follower)?, cluster.dump(leader)?);
     assert_eq!(cluster.dump(follower)?.len(), 60);
@@ -226,7 +226,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> anyhow::Re
 
     tracing::info!(follower, "--- restart it: only a snapshot can bring it up to date");
     cluster.restart(follower).await?;
-    cluster.wait_applied(last.revision, T).await?;
+    cluster.wait_revision(last.revision, T).await?;
     let snapshot = cluster.node(follower).raft.metrics().borrow_watched().snapshot;
     assert!(
         snapshot.is_some_and(|s| s.index >= purged),
@@ -236,7 +236,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> anyhow::Re
     assert_eq!(cluster.dump(follower)?.len(), 302);
 
     let after = client.put("after-snapshot", "1").await?;
-    cluster.wait_applied(after.revision, T).await?;
+    cluster.wait_revision(after.revision, T).await?;
     assert_eq!(cluster.dump(follower)?, cluster.dump(leader)?);
     cluster.shutdown().await;
     Ok(())
@@ -250,6 +250,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() -> anyhow::Result<()> {
     let leader = cluster.wait_for_leader(T).await?;
     let mut kv = raw_kv(&cluster.client_addr(leader)).await;
     let applied_before = cluster.applied_index(leader);
+    let revision_before = cluster.revision(leader);
     let highest_term = || {
         cluster
             .running()
@@ -333,15 +334,17 @@ async fn bad_input_is_refused_and_nothing_is_stored() -> anyhow::Result<()> {
     // A value of exactly the limit is fine (and proves the refusals were about size).
     // (Through the client library, which follows the leader should an election move it.)
     let ok = cluster.client().put(b"big".to_vec(), vec![7; 1024 * 1024]).await?;
-    // Only that put reached the log — besides the blank entry each new leader appends, if a
+    // Only that put changed the store (revisions count changes, not log entries)...
+    assert_eq!(ok.revision, revision_before + 1, "a refused request changed the store");
+    // ...and only it reached the log — besides the blank entry each new leader appends, if a
     // busy machine made the cluster hold elections meanwhile (one per term at most).
+    let answered_by = ok.header.map_or(leader, |h| h.node_id);
     let new_terms = highest_term() - term_before;
-    let others = ok.revision - applied_before - 1;
+    let others = cluster.applied_index(answered_by) - applied_before - 1;
     assert!(
         others <= new_terms,
         "no refused request reached the log: {others} entries besides the put, {new_terms} new terms"
     );
-    let answered_by = ok.header.map_or(leader, |h| h.node_id);
     assert_eq!(cluster.dump(answered_by)?.len(), 1);
 
     cluster.shutdown().await;

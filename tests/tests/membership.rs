@@ -109,12 +109,10 @@ async fn add_a_node_behind_a_snapshot_then_remove_another_while_writes_continue(
     let leader = cluster.wait_for_leader(T).await?;
     let marker = client.put("marker", "x").await?;
     for id in [leader, 4] {
-        cluster
-            .node(id)
-            .raft
-            .wait(Some(T))
-            .applied_index_at_least(Some(marker.revision), "marker")
-            .await?;
+        wait::until(T, &format!("node {id} to hold the marker"), || async {
+            (cluster.revision(id) >= marker.revision).then_some(())
+        })
+        .await?;
     }
     assert_eq!(cluster.dump(4)?, cluster.dump(leader)?);
     cluster.shutdown().await;
@@ -130,30 +128,35 @@ async fn steady_overwrites_keep_the_log_bounded() -> anyhow::Result<()> {
         c.snapshot_keep_logs = 10;
     })
     .await?;
-    cluster.wait_for_leader(T).await?;
+    let leader = cluster.wait_for_leader(T).await?;
     let client = cluster.client();
     // Concurrent puts are batched into shared log entries, so the writers go on until the log
     // (not the number of puts) is long enough: past ten snapshot intervals.
     const LOG_TARGET: u64 = 1_000;
+    let long_enough = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..4 {
-        let client = client.clone();
+        let (client, long_enough) = (client.clone(), long_enough.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..20_000u64 {
-                let reply = client.put(format!("hot/{}", (t + i) % 5), format!("{i}")).await?;
-                if reply.revision >= LOG_TARGET {
+                if long_enough.load(Ordering::SeqCst) {
                     break;
                 }
+                client.put(format!("hot/{}", (t + i) % 5), format!("{i}")).await?;
             }
             Ok::<_, ClientError>(())
         }));
     }
+    wait::until(Duration::from_secs(60), "the log to reach its target", || async {
+        (cluster.applied_index(leader) >= LOG_TARGET).then_some(())
+    })
+    .await?;
+    long_enough.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await??;
     }
     let last = client.put("hot/0", "final").await?;
-    cluster.wait_applied(last.revision, T).await?;
-    assert!(last.revision > LOG_TARGET, "the log reached {}", last.revision);
+    cluster.wait_revision(last.revision, T).await?;
     for id in cluster.running() {
         let node = cluster.node(id);
         wait::until(T, &format!("node {id} to purge"), || async {

@@ -56,7 +56,7 @@ async fn a_killed_follower_catches_up_by_snapshot() -> anyhow::Result<()> {
     cluster.start_node(follower)?;
     let target = client.put("after", "x").await?.revision;
     wait::until(T, "the follower to catch up", || async {
-        (cluster.applied_index(follower).await.ok()? >= target).then_some(())
+        (cluster.revision(follower).await.ok()? >= target).then_some(())
     })
     .await?;
     let status = client.status_of(&cluster.client_addr(follower), T).await?;
@@ -296,7 +296,7 @@ async fn recover_from_quorum_loss_with_the_survivors_data() -> anyhow::Result<()
     let last = client.put("last", "acknowledged").await?;
     let survivor = 3;
     wait::until(T, "the survivor to apply the last write", || async {
-        (cluster.applied_index(survivor).await.ok()? >= last.revision).then_some(())
+        (cluster.revision(survivor).await.ok()? >= last.revision).then_some(())
     })
     .await?;
     cluster.kill(1);

@@ -56,7 +56,7 @@ async fn an_isolated_follower_rejoins_without_an_election() -> anyhow::Result<()
     cluster.heal_links();
 
     wait::until(T, "the follower to catch up", || async {
-        (cluster.applied_index(follower) >= written.revision).then_some(())
+        (cluster.revision(follower) >= written.revision).then_some(())
     })
     .await?;
     assert_eq!(cluster.wait_for_leader(T).await?, leader, "leadership changed");
@@ -119,7 +119,7 @@ async fn an_isolated_leader_steps_down_and_rejoins_without_campaigning() -> anyh
     cluster.heal_links();
     wait::until(T, "the old leader to follow the new one", || async {
         let m = cluster.node(old).raft.metrics().borrow_watched().clone();
-        (m.current_leader == Some(new) && m.last_applied.map_or(0, |l| l.index) >= written.revision).then_some(())
+        (m.current_leader == Some(new) && cluster.revision(old) >= written.revision).then_some(())
     })
     .await?;
     assert_eq!(cluster.wait_for_leader(T).await?, new);

@@ -81,7 +81,7 @@ async fn a_paused_follower_resumes_without_an_election_or_a_goaway() -> anyhow::
     writer.await?;
 
     wait::until(T, "the resumed follower to catch up", || async {
-        (cluster.applied_index(follower).await.ok()? >= last.revision).then_some(())
+        (cluster.revision(follower).await.ok()? >= last.revision).then_some(())
     })
     .await?;
     for id in [1, 2, 3] {

@@ -119,7 +119,7 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() -> anyhow:
 
     cluster.start_node(leader)?;
     wait::until(T, "the restarted node to have applied its old writes", || async {
-        (cluster.applied_index(leader).await.ok()? >= put.revision).then_some(())
+        (cluster.revision(leader).await.ok()? >= put.revision).then_some(())
     })
     .await?;
     let reader = cluster.client_for(&[leader], Duration::from_secs(5));
@@ -150,7 +150,7 @@ async fn a_restarted_follower_rejoins_without_deposing_the_leader() -> anyhow::R
 
     cluster.start_node(follower)?;
     wait::until(T, "the restarted follower to catch up", || async {
-        (cluster.applied_index(follower).await.ok()? >= last.revision).then_some(())
+        (cluster.revision(follower).await.ok()? >= last.revision).then_some(())
     })
     .await?;
     let after = cluster.wait_for_leader(&[1, 2, 3], T).await?;

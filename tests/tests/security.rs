@@ -99,8 +99,10 @@ async fn tokens_and_roles_decide_who_may_do_what() -> anyhow::Result<()> {
     assert!(matches!(&denied, ClientError::PermissionDenied(_)), "{denied}");
 
     let operator = as_(OPERATOR);
+    cluster.wait_revision(put.revision, T).await?;
+    let applied = cluster.applied_index(leader);
     let snapshot = operator.snapshot_on(&cluster.client_addr(leader)).await?;
-    assert!(snapshot.snapshot_index >= put.revision, "{snapshot:?}");
+    assert!(snapshot.snapshot_index >= applied, "{snapshot:?}");
     assert_eq!(operator.list_members().await?.members.len(), 3);
 
     let mut health = HealthClient::new(channel(&cluster.client_addr(leader)).await?);

@@ -109,12 +109,18 @@ fn acknowledged_entries_survive_random_kills() {
             match kv {
                 None => assert_eq!(applied, 0),
                 Some(kv) => {
-                    // One atomic batch per apply: data and last_applied agree.
+                    // One atomic batch per apply: data, last_applied and the store revision
+                    // agree (every entry but the first membership one is a put of "k").
                     assert_eq!(
-                        kv.mod_revision, applied,
+                        kv.value,
+                        applied.to_string().into_bytes(),
                         "round {round}: data and last_applied disagree"
                     );
-                    assert_eq!(kv.value, applied.to_string().into_bytes());
+                    assert_eq!(
+                        kv.mod_revision,
+                        store.handle.reader().revision(),
+                        "round {round}: data and the store revision disagree"
+                    );
                 }
             }
         });

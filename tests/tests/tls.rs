@@ -64,7 +64,7 @@ async fn a_tls_cluster_serves_only_clients_with_its_certificates() -> anyhow::Re
 
     let client = cluster.client_with(|c| c.tls = Some(tls(&ours, Some(&ours))));
     let put = client.put("k", "over tls").await?;
-    cluster.wait_applied(put.revision, T).await?;
+    cluster.wait_revision(put.revision, T).await?;
     assert_eq!(client.get("k").await?.kv.map(|kv| kv.value), Some(b"over tls".to_vec()));
 
     let refused = |c: raftkv_client::Client| async move { c.get("k").await };
@@ -119,12 +119,10 @@ async fn a_node_without_a_peer_certificate_from_the_cluster_ca_cannot_replicate_
     let client = cluster.client_with(|c| c.tls = Some(tls(&ours, Some(&ours))));
     let put = client.put("k", "v").await?;
     for id in [1, 2] {
-        cluster
-            .node(id)
-            .raft
-            .wait(Some(T))
-            .applied_index_at_least(Some(put.revision), "the write")
-            .await?;
+        wait::until(T, &format!("node {id} to hold the write"), || async {
+            (cluster.revision(id) >= put.revision).then_some(())
+        })
+        .await?;
     }
 
     let metrics = cluster.node(leader).raft.metrics().borrow_watched().clone();

@@ -75,12 +75,27 @@ async fn applied_state_and_revisions_survive_reopen() {
     let (applied, membership) = store.state_machine.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 4)));
     assert_eq!(membership.log_id(), &Some(log_id(1, 1)));
+    // Revisions count changes (the membership entry is none): a's puts are revisions 1 and 2.
     let a = store.handle.reader().get(b"a").unwrap().expect("a exists");
     assert_eq!(
         (a.value.as_slice(), a.create_revision, a.mod_revision, a.version),
-        (&b"2"[..], 2, 3, 2)
+        (&b"2"[..], 1, 2, 2)
     );
     assert_eq!(store.handle.reader().applied_index(), 4);
+    assert_eq!(store.handle.reader().revision(), 3);
+    let next = store
+        .state_machine
+        .apply_entries(vec![put(1, 5, "c", "y")])
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        vec![raftkv_store::command::Response::Put {
+            revision: 4,
+            prev_kv: None
+        }],
+        "the count goes on after a reopen"
+    );
 }
 
 #[tokio::test]
@@ -129,6 +144,11 @@ async fn snapshot_install_replaces_state_wholesale() {
         "a key absent from the snapshot survived"
     );
     assert_eq!(follower.handle.reader().applied_index(), 3);
+    assert_eq!(
+        follower.handle.reader().revision(),
+        leader.handle.reader().revision(),
+        "the revision travels with the snapshot"
+    );
 
     // And the installed state is what a restart finds.
     drop(follower);

@@ -149,7 +149,7 @@ async fn run_tool(tool: Tool) -> Result<String, String> {
 
 fn restored_message(node: &NewNode, verb: &str, from: &Path, last_index: u64) -> String {
     format!(
-        "{verb} the state up to revision {last_index} from {} into {} as a new single-node cluster.\n\
+        "{verb} the state up to log index {last_index} from {} into {} as a new single-node cluster.\n\
          Start it with: raftkvd --id {} --data-dir {} --client-addr {} --peer-addr {}\n\
          then add members (with new ids and empty data dirs): raftkv member add ID CLIENT@PEER",
         from.display(),

@@ -49,7 +49,7 @@ impl NodeCore {
             cluster_id: self.store.reader().cluster_id(),
             node_id: self.id,
             raft_term: term,
-            revision: self.store.reader().applied_index(),
+            revision: self.store.reader().revision(),
             leader_id: leader.unwrap_or(0),
         }
     }

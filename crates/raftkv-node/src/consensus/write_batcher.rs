@@ -11,8 +11,9 @@
 //!
 //! Two rules keep the meaning of each write intact:
 //! - a batch never holds two writes that touch the same key, nor a write that touches a range
-//!   ([`Command::point_keys`]); such a write waits for the next batch, so a key's mod_revision
-//!   names exactly one write and every compare sees the writes before it;
+//!   ([`Command::point_keys`]); such a write waits for the next batch. (The rule dates from
+//!   when a batch shared one revision; every write now gets its own, and the applier reads
+//!   through the earlier writes of its batch, so it is kept only until measured without it);
 //! - writes keep their arrival order: a write that cannot join the current batch starts the
 //!   next one, and nothing behind it is taken first.
 //!

@@ -1,6 +1,7 @@
 //! Applying committed log entries: [`BatchApplier`] turns the entries of one `apply` call
 //! (client commands, membership changes, session bookkeeping) into a single atomic
-//! `sled::Batch`, which lands under the state's write lock together with the new applied index.
+//! `sled::Batch`, which lands under the state's write lock together with the new applied index
+//! and store revision (each change bumps the revision: see the parent module, "Revisions").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -10,7 +11,7 @@ use openraft::{EntryPayload, ErrorVerb};
 
 use super::layout::{
     data_key, read_record, StoredValue, DATA_PREFIX, KEY_CLOCK, KEY_CLUSTER_ID, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
-    KEY_REMOVED_IDS, KEY_SESSION_GC,
+    KEY_REMOVED_IDS, KEY_REVISION, KEY_SESSION_GC,
 };
 use super::{read_err, sm_err, StateMachineStore};
 use crate::codec;
@@ -30,12 +31,13 @@ impl StateMachineStore {
     {
         let started = std::time::Instant::now();
         let tree = self.tree();
-        let mut applier = BatchApplier::new(&tree);
+        let mut applier = BatchApplier::new(&tree)?;
         let mut responses = Vec::new();
         let mut last_applied = None;
         let mut membership: Option<StoredMembership> = None;
         for entry in entries {
             let log_id = entry.log_id;
+            applier.begin_entry(log_id.index);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Membership(m) => {
@@ -47,7 +49,7 @@ impl StateMachineStore {
                     membership = Some(StoredMembership::new(Some(log_id), m));
                     Response::Empty
                 }
-                EntryPayload::Normal(request) => applier.apply_request(log_id.index, request)?,
+                EntryPayload::Normal(request) => applier.apply_request(request)?,
             };
             responses.push(response);
             last_applied = Some(log_id);
@@ -56,6 +58,10 @@ impl StateMachineStore {
             return Ok(responses);
         };
         applier.write_record(KEY_LAST_APPLIED, &Some(last_applied))?;
+        let revision = applier.revision;
+        if applier.revision_unrecorded || revision != applier.revision_at_start {
+            applier.write_record(KEY_REVISION, &revision)?;
+        }
         if let Some(m) = &membership {
             applier.write_record(KEY_MEMBERSHIP, m)?;
         }
@@ -71,6 +77,7 @@ impl StateMachineStore {
                 self.shared.cluster_id.store(id, Ordering::Release);
             }
             self.shared.applied_index.store(last_applied.index, Ordering::Release);
+            self.shared.revision.store(revision, Ordering::Release);
         }
         self.observer.applied(responses.len(), started.elapsed());
         Ok(responses)
@@ -89,11 +96,20 @@ struct BatchApplier<'a> {
     sessions: BTreeMap<u64, Option<SessionRecord>>,
     clock: Option<u64>,
     cluster_id: Option<u64>,
+    /// The store revision as of the writes so far (bumped by each change).
+    revision: u64,
+    revision_at_start: u64,
+    /// The state has no revision record yet (new, or written before revisions were counted
+    /// per write): the first entry sets the base, see [`Self::begin_entry`].
+    revision_unrecorded: bool,
+    base_pending: bool,
 }
 
 impl<'a> BatchApplier<'a> {
-    fn new(tree: &'a sled::Tree) -> Self {
-        Self {
+    fn new(tree: &'a sled::Tree) -> Result<Self, StorageError> {
+        let recorded: Option<u64> = read_record(tree, KEY_REVISION).map_err(read_err)?;
+        let revision = recorded.unwrap_or(0);
+        Ok(Self {
             tree,
             batch: sled::Batch::default(),
             touched: BTreeSet::new(),
@@ -101,7 +117,33 @@ impl<'a> BatchApplier<'a> {
             sessions: BTreeMap::new(),
             clock: None,
             cluster_id: None,
+            revision,
+            revision_at_start: revision,
+            revision_unrecorded: recorded.is_none(),
+            base_pending: recorded.is_none(),
+        })
+    }
+
+    /// Called before each entry. In a state without a revision record, the revision before
+    /// entry `index` is `index - 1`: revisions used to be log indexes, so counting on from there
+    /// never reuses one, and — unlike "the applied index when the first batch began" — it does
+    /// not depend on how entries happened to be batched, so every replica counts alike.
+    fn begin_entry(&mut self, index: u64) {
+        if self.base_pending {
+            self.base_pending = false;
+            self.revision = index.saturating_sub(1);
+            self.revision_at_start = self.revision;
         }
+    }
+
+    /// The revision of the change `change` names: taken (the store revision bumped) at its
+    /// first write, so a change that ends up writing nothing takes none, and every write of one
+    /// change (a transaction, a range delete) shares it.
+    fn change_revision(&mut self, change: &mut Option<u64>) -> u64 {
+        *change.get_or_insert_with(|| {
+            self.revision += 1;
+            self.revision
+        })
     }
 
     fn record<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -201,7 +243,7 @@ impl<'a> BatchApplier<'a> {
 
     /// Applies one client request, once: a retry of a write this client already made gets the
     /// saved answer.
-    fn apply_request(&mut self, revision: u64, request: Request) -> Result<Response, StorageError> {
+    fn apply_request(&mut self, request: Request) -> Result<Response, StorageError> {
         self.advance_clock(request.timestamp_ms)?;
         if let Command::Batch(writes) = request.command {
             let mut responses = Vec::with_capacity(writes.len());
@@ -211,12 +253,12 @@ impl<'a> BatchApplier<'a> {
                     session: write.session,
                     command: write.command,
                 };
-                responses.push(self.apply_request(revision, one)?);
+                responses.push(self.apply_request(one)?);
             }
             return Ok(Response::Batch(responses));
         }
         let Some(session) = request.session else {
-            return self.apply(revision, request.command);
+            return self.apply(request.command);
         };
         let mut rec = self.session(session.client_id)?.unwrap_or_default();
         match rec.admit(&session) {
@@ -226,7 +268,7 @@ impl<'a> BatchApplier<'a> {
                 seq: session.seq,
             }),
             Admission::New => {
-                let response = self.apply(revision, request.command)?;
+                let response = self.apply(request.command)?;
                 rec.record(&session, request.timestamp_ms, &response);
                 self.set_session(session.client_id, Some(rec))?;
                 Ok(response)
@@ -284,7 +326,13 @@ impl<'a> BatchApplier<'a> {
         Ok(keys.into_iter().collect())
     }
 
-    fn put(&mut self, revision: u64, key: Vec<u8>, value: Vec<u8>) -> Result<Option<KeyValue>, StorageError> {
+    fn put(
+        &mut self,
+        change: &mut Option<u64>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<Option<KeyValue>, StorageError> {
+        let revision = self.change_revision(change);
         let prev = self.current(&key)?;
         let next = StoredValue {
             value,
@@ -296,9 +344,10 @@ impl<'a> BatchApplier<'a> {
         Ok(prev.map(|p| p.into_key_value(key)))
     }
 
-    fn delete(&mut self, key: Vec<u8>) -> Result<Option<KeyValue>, StorageError> {
+    fn delete(&mut self, change: &mut Option<u64>, key: Vec<u8>) -> Result<Option<KeyValue>, StorageError> {
         let prev = self.current(&key)?;
         if prev.is_some() {
+            self.change_revision(change);
             self.set(key.clone(), None)?;
         }
         Ok(prev.map(|p| p.into_key_value(key)))
@@ -306,6 +355,7 @@ impl<'a> BatchApplier<'a> {
 
     fn delete_range(
         &mut self,
+        change: &mut Option<u64>,
         start: &[u8],
         end: Option<&[u8]>,
         want_prev: bool,
@@ -313,7 +363,7 @@ impl<'a> BatchApplier<'a> {
         let mut prev_kvs = Vec::new();
         let mut deleted = 0;
         for key in self.keys_in_range(start, end)? {
-            if let Some(kv) = self.delete(key)? {
+            if let Some(kv) = self.delete(change, key)? {
                 deleted += 1;
                 if want_prev {
                     prev_kvs.push(kv);
@@ -342,50 +392,55 @@ impl<'a> BatchApplier<'a> {
         })
     }
 
-    fn txn_op(&mut self, revision: u64, op: TxnOp) -> Result<TxnOpResult, StorageError> {
+    fn txn_op(&mut self, change: &mut Option<u64>, op: TxnOp) -> Result<TxnOpResult, StorageError> {
         Ok(match op {
             TxnOp::Put { key, value, prev_kv } => {
-                let prev = self.put(revision, key, value)?;
+                let prev = self.put(change, key, value)?;
                 TxnOpResult::Put {
                     prev_kv: prev.filter(|_| prev_kv),
                 }
             }
             TxnOp::Delete { key, prev_kv } => {
-                let prev = self.delete(key)?;
+                let prev = self.delete(change, key)?;
                 TxnOpResult::Delete {
                     deleted: u64::from(prev.is_some()),
                     prev_kvs: prev.filter(|_| prev_kv).into_iter().collect(),
                 }
             }
             TxnOp::DeleteRange { start, end, prev_kv } => {
-                let (deleted, prev_kvs) = self.delete_range(&start, end.as_deref().map(|e| e.as_slice()), prev_kv)?;
+                let (deleted, prev_kvs) =
+                    self.delete_range(change, &start, end.as_deref().map(|e| e.as_slice()), prev_kv)?;
                 TxnOpResult::Delete { deleted, prev_kvs }
             }
             TxnOp::Get { key } => TxnOpResult::Get { kv: self.get(&key)? },
         })
     }
 
-    fn apply(&mut self, revision: u64, command: Command) -> Result<Response, StorageError> {
+    /// Applies one command as one change; its reply carries the store revision after it (the
+    /// change's own, or the current one when it changed nothing).
+    fn apply(&mut self, command: Command) -> Result<Response, StorageError> {
+        let mut change = None;
         match command {
             Command::Put { key, value, prev_kv } => {
-                let prev = self.put(revision, key, value)?;
+                let prev = self.put(&mut change, key, value)?;
                 Ok(Response::Put {
-                    revision,
+                    revision: self.revision,
                     prev_kv: prev.filter(|_| prev_kv),
                 })
             }
             Command::Delete { key, prev_kv } => {
-                let prev = self.delete(key)?;
+                let prev = self.delete(&mut change, key)?;
                 Ok(Response::Delete {
-                    revision,
+                    revision: self.revision,
                     deleted: u64::from(prev.is_some()),
                     prev_kvs: prev.filter(|_| prev_kv).into_iter().collect(),
                 })
             }
             Command::DeleteRange { start, end, prev_kv } => {
-                let (deleted, prev_kvs) = self.delete_range(&start, end.as_deref().map(|e| e.as_slice()), prev_kv)?;
+                let (deleted, prev_kvs) =
+                    self.delete_range(&mut change, &start, end.as_deref().map(|e| e.as_slice()), prev_kv)?;
                 Ok(Response::Delete {
-                    revision,
+                    revision: self.revision,
                     deleted,
                     prev_kvs,
                 })
@@ -401,20 +456,20 @@ impl<'a> BatchApplier<'a> {
                 let ops = if succeeded { txn.success } else { txn.failure };
                 let mut results = Vec::with_capacity(ops.len());
                 for op in ops {
-                    results.push(self.txn_op(revision, op)?);
+                    results.push(self.txn_op(&mut change, op)?);
                 }
                 Ok(Response::Txn {
-                    revision,
+                    revision: self.revision,
                     succeeded,
                     results,
                 })
             }
             Command::Batch(writes) => {
                 // apply_request unpacks batches (each write under its own session); one that
-                // arrives here, without a session, is applied the same way.
+                // arrives here, without a session, is applied the same way: a change each.
                 let mut responses = Vec::with_capacity(writes.len());
                 for write in writes {
-                    responses.push(self.apply(revision, write.command)?);
+                    responses.push(self.apply(write.command)?);
                 }
                 Ok(Response::Batch(responses))
             }

@@ -23,6 +23,9 @@ pub(crate) const KEY_CLUSTER_ID: &[u8] = b"m/cluster_id";
 pub(super) const KEY_CLOCK: &[u8] = b"m/clock";
 /// Log-clock time of the last expired-session sweep.
 pub(super) const KEY_SESSION_GC: &[u8] = b"m/session_gc";
+/// The store's revision: bumped by every change to the data (see `apply`). Missing in a state
+/// written before revisions were counted per write; see [`stored_revision`].
+pub(super) const KEY_REVISION: &[u8] = b"m/revision";
 /// Ids of nodes removed from the membership: never to be reused.
 pub(super) const KEY_REMOVED_IDS: &[u8] = b"m/removed_ids";
 
@@ -67,4 +70,15 @@ pub(super) fn read_record<T: serde::de::DeserializeOwned>(
         None => Ok(None),
         Some(b) => Ok(Some(codec::decode(&b)?)),
     }
+}
+
+/// The store revision recorded in `tree`. A state from before revisions were counted per write
+/// has none; its revisions were log indexes, all at most the last applied one, so counting on
+/// from that index never reuses a revision.
+pub(super) fn stored_revision(tree: &sled::Tree) -> Result<u64, StoreError> {
+    if let Some(revision) = read_record::<u64>(tree, KEY_REVISION)? {
+        return Ok(revision);
+    }
+    let applied: Option<crate::types::LogId> = read_record(tree, KEY_LAST_APPLIED)?.flatten();
+    Ok(applied.map_or(0, |l| l.index))
 }

@@ -4,11 +4,20 @@
 //! ## Layout
 //! The whole state lives in one sled tree, `sm_state.<generation>`:
 //! - `d` + user key -> codec [`StoredValue`](layout::StoredValue) (value, create/mod revision, version);
-//! - `m/last_applied`, `m/membership`, `m/cluster_id` -> codec values.
+//! - `m/last_applied`, `m/membership`, `m/cluster_id`, `m/revision` -> codec values.
 //!
 //! Keeping data and metadata in one tree makes every `apply` a single `sled::Batch`, which sled
-//! applies atomically: the data, `last_applied` and the membership can never disagree after a
-//! crash. Tree `sm_control` holds `generation`, the number of the live state tree.
+//! applies atomically: the data, `last_applied`, the revision and the membership can never
+//! disagree after a crash. Tree `sm_control` holds `generation`, the number of the live state tree.
+//!
+//! ## Revisions
+//! The store has a revision, a counter every change to the data bumps, like etcd's main
+//! revision: each put; each delete that removes something (one revision for all the keys of a
+//! range); each transaction that changes something (one revision for all its writes). Writes
+//! merged into one log entry get consecutive revisions. A key's `mod_revision` and
+//! `create_revision` are such revisions, and so is every reply's header revision, so a watcher
+//! can resume exactly after the last change it saw. The counter is stored with the data in the
+//! same batch and travels in snapshots; it is independent of the Raft log index.
 //!
 //! ## Snapshot install replaces the state wholesale
 //! `install_snapshot` writes the snapshot into a fresh tree `sm_state.<generation + 1>`, fsyncs,
@@ -53,7 +62,8 @@ use crate::types::{
 };
 use crate::StoreObserver;
 use layout::{
-    read_record, state_tree_name, CONTROL_TREE, KEY_GENERATION, KEY_LAST_APPLIED, KEY_MEMBERSHIP, STATE_TREE_PREFIX,
+    read_record, state_tree_name, stored_revision, CONTROL_TREE, KEY_GENERATION, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
+    STATE_TREE_PREFIX,
 };
 use snapshot_build::SnapshotView;
 
@@ -83,6 +93,8 @@ struct Shared {
     control: sled::Tree,
     state: RwLock<StateTree>,
     applied_index: AtomicU64,
+    /// The store revision of the applied state (see "Revisions" above).
+    revision: AtomicU64,
     cluster_id: AtomicU64,
     /// While a snapshot is being built, the snapshot-point values of records changed since.
     snapshot_view: Mutex<Option<SnapshotView>>,
@@ -137,12 +149,14 @@ impl StateMachineStore {
         let tree = db.open_tree(&live)?;
         let applied: Option<LogId> = read_record(&tree, KEY_LAST_APPLIED)?.flatten();
         let cluster_id: u64 = read_record(&tree, KEY_CLUSTER_ID)?.unwrap_or(0);
+        let revision = stored_revision(&tree)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 db: durable.clone(),
                 control,
                 state: RwLock::new(StateTree { generation, tree }),
                 applied_index: AtomicU64::new(applied.map_or(0, |l| l.index)),
+                revision: AtomicU64::new(revision),
                 cluster_id: AtomicU64::new(cluster_id),
                 snapshot_view: Mutex::new(None),
                 next_view: AtomicU64::new(1),

@@ -66,6 +66,12 @@ impl StateReader {
         self.shared.applied_index.load(Ordering::Acquire)
     }
 
+    /// The store revision of the applied state: the revision of the latest change (see the
+    /// parent module, "Revisions"). Not a log index.
+    pub fn revision(&self) -> u64 {
+        self.shared.revision.load(Ordering::Acquire)
+    }
+
     /// The cluster id recorded in the state (0 until the first leader has set it).
     pub fn cluster_id(&self) -> u64 {
         self.shared.cluster_id.load(Ordering::Acquire)
@@ -92,7 +98,7 @@ impl StateReader {
         };
         // The read lock keeps applies out for the whole scan: one consistent revision.
         let state = self.shared.state();
-        let revision = self.applied_index();
+        let revision = self.revision();
         let iter = state.tree.range::<Vec<u8>, _>((Bound::Included(start), end));
         let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if q.reverse {
             Box::new(iter.rev())

@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 
 use openraft::ErrorVerb;
 
-use super::layout::{state_tree_name, KEY_CLUSTER_ID, KEY_GENERATION, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
+use super::layout::{
+    state_tree_name, stored_revision, KEY_CLUSTER_ID, KEY_GENERATION, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
+};
 use super::{sm_err, snapshot_err, StateMachineStore, StateTree};
 use crate::codec;
 use crate::snapshot::{Record, SnapshotPayload};
@@ -62,6 +64,7 @@ impl StateMachineStore {
         );
         tree.apply_batch(batch).map_err(w)?;
         durable.flush_async().await.map_err(w)?;
+        let revision = stored_revision(&tree).map_err(|e| snapshot_err(ErrorVerb::Read, &e))?;
 
         // 3. Flip the live generation (one insert), durably.
         self.shared
@@ -91,6 +94,7 @@ impl StateMachineStore {
         self.shared
             .applied_index
             .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
+        self.shared.revision.store(revision, Ordering::Release);
         Ok(())
     }
 
