@@ -17,7 +17,7 @@ async fn raw_kv(addr: &str) -> KvClient<tonic::transport::Channel> {
 }
 
 /// - A new cluster elects one leader that every node agrees on.
-/// - Writes through the client are applied on every node, with revisions equal to log indexes
+/// - Writes through the client are applied on every node, with increasing revisions
 ///   and per-key versions counting the changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn election_and_replication() -> anyhow::Result<()> {

@@ -155,6 +155,31 @@ pub enum Command {
     },
     /// List keys: a prefix, or [START, END) (END omitted: to the last key).
     Range(RangeArgs),
+    /// Print changes to KEY (or to every key with the prefix KEY, or in [KEY, END)) as they
+    /// happen, until interrupted. If the node it watches fails, it resumes on another from the
+    /// next revision: nothing is missed or printed twice.
+    ///
+    /// Text: `PUT key value (revision N)` / `DELETE key (revision N)`; `-o json`: one JSON
+    /// object per change.
+    Watch {
+        key: String,
+        /// Watch every key starting with KEY ('' for all keys).
+        #[arg(long, conflicts_with = "end")]
+        prefix: bool,
+        /// Watch every key in [KEY, END).
+        #[arg(long)]
+        end: Option<String>,
+        /// Start at revision N: changes made from N on are printed first (if the nodes still
+        /// hold them).
+        #[arg(long, value_name = "N")]
+        rev: Option<u64>,
+        /// Print each change's previous value too.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Exit after printing this many changes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Cluster administration.
     Cluster {
         #[command(subcommand)]

@@ -17,13 +17,14 @@ pub mod certs;
 pub mod output;
 pub mod txn_syntax;
 pub mod watch;
+pub mod watch_keys;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use raftkv_client::pb::{txn_op_response, DeleteRequest, PutRequest, RangeRequest, TxnRequest, TxnResponse};
-use raftkv_client::{Client, ClientConfig, ClientError, ClientTls, ReadOptions, Token};
+use raftkv_client::{Client, ClientConfig, ClientError, ClientTls, ReadOptions, Token, WatchOptions};
 
 use crate::args::{Cli, ClusterCommand, Command, OutputFormat};
 
@@ -63,7 +64,7 @@ fn exit_code_for(e: &ClientError) -> u8 {
     match e {
         ClientError::InvalidArgument(_) | ClientError::Config(_) => EXIT_USAGE,
         ClientError::Unavailable(_) | ClientError::Indeterminate(_) => EXIT_UNAVAILABLE,
-        ClientError::Server { .. } => EXIT_SERVER_ERROR,
+        ClientError::Server { .. } | ClientError::Compacted { .. } => EXIT_SERVER_ERROR,
         ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_) => EXIT_DENIED,
     }
 }
@@ -308,6 +309,26 @@ pub async fn run(cli: Cli) -> u8 {
             match bench::table::render(&inputs) {
                 Ok(table) => print(&table),
                 Err(msg) => usage(msg),
+            }
+        }
+        Command::Watch {
+            key,
+            prefix,
+            end,
+            rev,
+            prev_kv,
+            count,
+        } => {
+            let mut options = match (prefix, end) {
+                (true, _) => WatchOptions::prefix(key),
+                (false, Some(end)) => WatchOptions::range(key, end),
+                (false, None) => WatchOptions::key(key),
+            };
+            options.start_revision = rev.unwrap_or(0);
+            options.prev_kv = prev_kv;
+            match watch_keys::print_changes(&client, options, count, json).await {
+                Ok(()) => 0,
+                Err(e) => fail(e),
             }
         }
         Command::Range(r) => {

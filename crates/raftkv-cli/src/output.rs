@@ -4,8 +4,8 @@
 //! `key_hex` / `value_hex` so no byte is ever lost.
 
 use raftkv_client::pb::{
-    txn_op_response, DeleteResponse, GetResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader, Role,
-    TxnResponse,
+    event, txn_op_response, DeleteResponse, Event, GetResponse, KeyValue, PutResponse, RangeResponse, ResponseHeader,
+    Role, TxnResponse,
 };
 use raftkv_client::NodeReport;
 use serde_json::{json, Map, Value};
@@ -348,6 +348,45 @@ pub fn status_json(reports: &[NodeReport]) -> String {
         obj.insert("quorum".into(), quorum.into());
     }
     to_line(doc)
+}
+
+/// One watch event as a line of text: `PUT key value (revision N)`, `DELETE key (revision N)`,
+/// with `, was OLD` when the previous value came with it.
+pub fn event_text(e: &Event) -> String {
+    let kv = e.kv.clone().unwrap_or_default();
+    let was = e
+        .prev_kv
+        .as_ref()
+        .map(|p| format!(", was {}", String::from_utf8_lossy(&p.value)))
+        .unwrap_or_default();
+    if e.r#type == event::EventType::Delete as i32 {
+        format!(
+            "DELETE {} (revision {}{was})\n",
+            String::from_utf8_lossy(&kv.key),
+            kv.mod_revision
+        )
+    } else {
+        format!(
+            "PUT {} {} (revision {}{was})\n",
+            String::from_utf8_lossy(&kv.key),
+            String::from_utf8_lossy(&kv.value),
+            kv.mod_revision
+        )
+    }
+}
+
+/// One watch event as a JSON line: `type` (`put`/`delete`), the key-value fields, `prev`.
+pub fn event_json(e: &Event, node_id: u64) -> String {
+    let deleted = e.r#type == event::EventType::Delete as i32;
+    let mut v = kv_json(&e.kv.clone().unwrap_or_default(), !deleted);
+    if let Value::Object(obj) = &mut v {
+        obj.insert("type".into(), if deleted { "delete" } else { "put" }.into());
+        obj.insert("node_id".into(), node_id.into());
+        if let Some(p) = &e.prev_kv {
+            obj.insert("prev".into(), kv_json(p, true));
+        }
+    }
+    to_line(v)
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub enum ClientError {
     /// The client configuration is unusable (no endpoints, a malformed address...).
     #[error("client configuration: {0}")]
     Config(String),
+    /// A watch asked for changes no reachable node still holds (`oldest` is the oldest
+    /// revision one does). Read the current state and watch again from its revision + 1.
+    #[error("compacted: {message}")]
+    Compacted { oldest: u64, message: String },
     /// Any other error the server returned.
     #[error("server error {code:?}: {message}")]
     Server { code: Code, message: String },

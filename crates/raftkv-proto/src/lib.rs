@@ -36,6 +36,10 @@ pub mod metadata {
     /// forget those answers.
     pub const ACKED_BELOW: &str = "raftkv-acked-below";
 
+    /// On a watch refused with `OUT_OF_RANGE` ([`crate::error_kind::COMPACTED`]): the oldest
+    /// revision the node's watch history holds.
+    pub const OLDEST_REVISION: &str = "raftkv-oldest-revision";
+
     /// `Bearer TOKEN` ([`bearer`]), on every call to a node started with `--auth-file`.
     pub const AUTHORIZATION: &str = "authorization";
     /// What precedes the token in [`AUTHORIZATION`].
@@ -69,4 +73,8 @@ pub mod error_kind {
     /// The node's disk is nearly full (`--min-free-mb`); it refuses writes until space is
     /// freed. Reads still work.
     pub const NO_SPACE: &str = "no-space";
+    /// A watch asked for a revision this node's watch history no longer holds
+    /// (`OUT_OF_RANGE`; [`crate::metadata::OLDEST_REVISION`] names the oldest it holds). Another
+    /// node may still hold it; otherwise read the current state and watch from its revision.
+    pub const COMPACTED: &str = "compacted";
 }

@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 pub use error::StoreError;
 
 pub use log_store::LogStore;
+pub use state_machine::history::{Event, EventKind, HistoryError, HistoryRead};
 pub use state_machine::{prefix_end, RangeQuery, RangeResult, StateMachineStore, StateReader};
 pub use types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 
@@ -74,6 +75,10 @@ pub struct StoreConfig {
     pub cache_capacity_bytes: u64,
     /// The Raft log's segment size, memory cache and I/O mode.
     pub wal: wal::WalOptions,
+    /// Most revisions of changes kept in memory for watchers (`--watch-history`).
+    pub watch_history_revisions: u64,
+    /// Most bytes of keys and values that history holds.
+    pub watch_history_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -81,6 +86,8 @@ impl Default for StoreConfig {
         Self {
             cache_capacity_bytes: 64 * 1024 * 1024,
             wal: wal::WalOptions::default(),
+            watch_history_revisions: 10_000,
+            watch_history_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -220,7 +227,7 @@ pub fn open_observed(
     )?;
     let log_store = LogStore::new(wal);
     let snapshots = SnapshotFiles::new(dir.join("snapshot"))?;
-    let state_machine = StateMachineStore::open(&db, snapshots.clone(), observer)?;
+    let state_machine = StateMachineStore::open(&db, snapshots.clone(), observer, config)?;
     let handle = StoreHandle {
         db,
         dir: dir.to_path_buf(),

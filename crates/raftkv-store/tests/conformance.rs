@@ -149,6 +149,14 @@ async fn snapshot_install_replaces_state_wholesale() {
         leader.handle.reader().revision(),
         "the revision travels with the snapshot"
     );
+    // The changes between the follower's old state and the snapshot are unknown: its watch
+    // history starts over after the snapshot's revision.
+    let reader = follower.handle.reader();
+    assert_eq!(reader.oldest_watchable(), reader.revision() + 1);
+    assert!(matches!(
+        reader.changes_since(1, 10),
+        Err(raftkv_store::HistoryError::Compacted { .. })
+    ));
 
     // And the installed state is what a restart finds.
     drop(follower);

@@ -5,7 +5,7 @@
 use openraft::EntryPayload;
 use raftkv_store::command::{BatchedWrite, CmpOp, Command, Compare, CompareTarget, Request, Response, Txn, TxnOp};
 use raftkv_store::types::{Entry, LeaderId, LogId};
-use raftkv_store::{Store, StoreConfig};
+use raftkv_store::{EventKind, Store, StoreConfig};
 use tempfile::TempDir;
 
 fn entry(index: u64, command: Option<Command>) -> Entry {
@@ -209,4 +209,54 @@ async fn replicas_count_alike_however_entries_are_batched() {
         assert_eq!(reader.revision(), 3);
         assert_eq!(reader.get(b"b").unwrap().expect("b").mod_revision, 2);
     }
+}
+
+/// - The watch history holds each change with its previous value, in revision order: a put,
+///   an overwrite, a range delete of two keys (one revision, two events).
+#[tokio::test]
+async fn each_change_is_recorded_for_watchers_with_its_previous_value() {
+    let (_dir, mut store) = open();
+    store
+        .state_machine
+        .apply_entries(vec![
+            entry(1, Some(put("a", "1"))),
+            entry(2, Some(put("a", "2"))),
+            entry(3, Some(put("b", "1"))),
+            entry(
+                4,
+                Some(Command::DeleteRange {
+                    start: b"a".to_vec(),
+                    end: None,
+                    prev_kv: false,
+                }),
+            ),
+        ])
+        .await
+        .unwrap();
+    let read = store.handle.reader().changes_since(1, 100).unwrap();
+    let seen: Vec<(EventKind, String, u64, Option<String>)> = read
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                String::from_utf8_lossy(&e.kv.key).into_owned(),
+                e.revision(),
+                e.prev_kv
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(&p.value).into_owned()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (EventKind::Put, "a".into(), 1, None),
+            (EventKind::Put, "a".into(), 2, Some("1".into())),
+            (EventKind::Put, "b".into(), 3, None),
+            (EventKind::Delete, "a".into(), 4, Some("2".into())),
+            (EventKind::Delete, "b".into(), 4, Some("1".into())),
+        ]
+    );
+    assert_eq!((read.seen_up_to, read.more), (4, false));
 }

@@ -60,6 +60,7 @@ impl From<ClientError> for OpError {
             ClientError::Config(_) => "config".to_string(),
             ClientError::Unauthenticated(_) => "unauthenticated".to_string(),
             ClientError::PermissionDenied(_) => "permission_denied".to_string(),
+            ClientError::Compacted { .. } => "compacted".to_string(),
             ClientError::Server { code, .. } => format!("server_{code:?}").to_lowercase(),
         };
         OpError {

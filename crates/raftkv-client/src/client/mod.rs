@@ -30,13 +30,15 @@
 //! - `data`: the key-value calls (put, get, range, delete, txn, compare-and-swap) and degraded
 //!   reads ([`ReadOptions`], [`Read`]);
 //! - `admin`: membership, Status, cluster status, snapshot and backup calls ([`NodeReport`],
-//!   [`MEMBERSHIP_TIMEOUT`]).
+//!   [`MEMBERSHIP_TIMEOUT`]);
+//! - `watch`: watches that resume on another node from the next revision ([`Watcher`]).
 
 mod admin;
 mod call;
 mod data;
 mod endpoints;
 mod leader;
+mod watch;
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -54,6 +56,7 @@ pub use data::{Read, ReadOptions};
 pub use endpoints::EndpointReport;
 use endpoints::EndpointState;
 pub use leader::LEADER_POLL_INTERVAL;
+pub use watch::{WatchBatch, WatchOptions, Watcher};
 
 /// Largest reply the client accepts (the server keeps Range replies near 3 MiB; a Get of a
 /// maximal value is 1 MiB).

@@ -64,7 +64,7 @@ impl fmt::Display for Role {
 /// is closed until someone decides otherwise.
 pub fn required_role(rpc: &str) -> Role {
     match rpc {
-        "Get" | "Range" | "Status" | "ListMembers" => Role::Read,
+        "Get" | "Range" | "Watch" | "Status" | "ListMembers" => Role::Read,
         "Put" | "Delete" | "Txn" => Role::ReadWrite,
         _ => Role::Admin,
     }

@@ -17,6 +17,7 @@
 //! | PermissionDenied | PERMISSION_DENIED  | –               | no: use a token with the role   |
 //! | Overloaded       | RESOURCE_EXHAUSTED | `overloaded`    | yes, after a backoff            |
 //! | NoSpace          | RESOURCE_EXHAUSTED | `no-space`      | no: free disk space first       |
+//! | Compacted        | OUT_OF_RANGE       | `compacted`     | on another node, or re-read and watch from now |
 
 use openraft::errors::{ClientWriteError, ForwardReason, ForwardToLeader, LinearizableReadError, RaftError};
 use raftkv_proto::{error_kind, metadata};
@@ -67,6 +68,8 @@ pub enum ApiError {
         free_mb: u64,
         reserve_mb: u64,
     },
+    #[error("node {this} cannot watch from revision {wanted}: its watch history starts at revision {oldest} (older changes were compacted, or happened before it started). Watch from {oldest} or later, or read the current state and watch from its revision + 1")]
+    Compacted { this: NodeId, wanted: u64, oldest: u64 },
 }
 
 impl ApiError {
@@ -157,6 +160,7 @@ impl ApiError {
             Self::Removed(_) => Some(error_kind::REMOVED),
             Self::Overloaded { .. } => Some(error_kind::OVERLOADED),
             Self::NoSpace { .. } => Some(error_kind::NO_SPACE),
+            Self::Compacted { .. } => Some(error_kind::COMPACTED),
             Self::Unauthenticated(_)
             | Self::PermissionDenied(_)
             | Self::InvalidArgument(_)
@@ -180,6 +184,7 @@ impl ApiError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Overloaded { .. } | Self::NoSpace { .. } => Code::ResourceExhausted,
+            Self::Compacted { .. } => Code::OutOfRange,
         }
     }
 }
@@ -199,6 +204,9 @@ impl From<ApiError> for Status {
             if let Ok(v) = MetadataValue::try_from(leader_addr.as_str()) {
                 md.insert(metadata::LEADER_ADDR, v);
             }
+        }
+        if let ApiError::Compacted { oldest, .. } = &e {
+            md.insert(metadata::OLDEST_REVISION, MetadataValue::from(*oldest));
         }
         status
     }

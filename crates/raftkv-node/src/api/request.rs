@@ -52,7 +52,7 @@ pub fn session(md: &tonic::metadata::MetadataMap) -> Result<Option<ClientSession
     }))
 }
 
-fn invalid(msg: impl Into<String>) -> ApiError {
+pub fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())
 }
 
@@ -80,7 +80,7 @@ pub fn validate_key(key: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_bound(bound: &[u8]) -> Result<(), ApiError> {
+pub fn validate_bound(bound: &[u8]) -> Result<(), ApiError> {
     if bound.len() > MAX_KEY_BYTES {
         return Err(invalid(format!(
             "range bound is {} bytes; the limit is {MAX_KEY_BYTES} bytes",

@@ -213,6 +213,11 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTKV_SNAPSHOT_KEEP_LOGS", default_value_t = 1_000)]
     pub snapshot_keep_logs: u64,
 
+    /// Revisions of changes kept in memory for watchers (also bounded to 64 MiB of keys and
+    /// values). A watch can start this far back, and a watcher this far behind is cancelled.
+    #[arg(long, env = "RAFTKV_WATCH_HISTORY", default_value_t = 10_000)]
+    pub watch_history: u64,
+
     /// Longest a client request may run when the caller sets no deadline, in milliseconds.
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
@@ -300,6 +305,8 @@ pub enum ConfigError {
     SameAddr(SocketAddr),
     #[error("--snapshot-every must be at least 1")]
     ZeroSnapshotEvery,
+    #[error("--watch-history must be at least 1 (revisions of changes kept for watchers)")]
+    ZeroWatchHistory,
     #[error("--request-timeout-ms must be at least 1")]
     ZeroRequestTimeout,
     #[error("--cache-mb must be at least 1")]
@@ -328,6 +335,7 @@ impl NodeConfig {
             election_max_ms: 100,
             snapshot_every: 10_000,
             snapshot_keep_logs: 1_000,
+            watch_history: 10_000,
             request_timeout_ms: 30_000,
             cache_mb: 64,
             wal_segment_mb: 16,
@@ -401,6 +409,9 @@ impl NodeConfig {
         }
         if self.snapshot_every == 0 {
             return Err(ConfigError::ZeroSnapshotEvery);
+        }
+        if self.watch_history == 0 {
+            return Err(ConfigError::ZeroWatchHistory);
         }
         if self.request_timeout_ms == 0 {
             return Err(ConfigError::ZeroRequestTimeout);

@@ -10,6 +10,7 @@ use openraft::ServerState;
 use raftkv_proto::v1::cluster_server::ClusterServer;
 use raftkv_proto::v1::kv_server::KvServer;
 use raftkv_proto::v1::raft_peer_server::RaftPeerServer;
+use raftkv_proto::v1::watch_server::WatchServer;
 use raftkv_store::command::{Command, Response};
 use raftkv_store::types::Raft;
 use raftkv_store::{NodeId, StoreConfig, StoreHandle};
@@ -26,6 +27,7 @@ use crate::api::call::ApiCalls;
 use crate::api::cluster_service::ClusterService;
 use crate::api::kv_service::KvService;
 use crate::api::limits::MAX_VALUE_BYTES;
+use crate::api::watch_service::WatchService;
 use crate::boot::config::NodeConfig;
 use crate::boot::identity;
 use crate::boot::join;
@@ -128,6 +130,8 @@ impl RunningNode {
                 segment_bytes: config.wal_segment_mb.saturating_mul(1024 * 1024),
                 ..Default::default()
             },
+            watch_history_revisions: config.watch_history,
+            ..StoreConfig::default()
         };
         let metrics = NodeMetrics::new(config.id).map_err(|e| StartupError::Io(format!("metrics: {e}")))?;
         let data_dir = config.data_dir.clone();
@@ -245,6 +249,11 @@ impl RunningNode {
             MAX_CLIENT_MESSAGE_BYTES,
         );
         // Its requests are small: gRPC's default 4 MiB decoding limit applies.
+        let watch = ClientGate::new(
+            WatchServer::new(WatchService::new(calls.clone(), shutdown_rx.clone())),
+            gate.clone(),
+            4 * 1024 * 1024,
+        );
         let cluster = ClientGate::new(ClusterServer::new(ClusterService::new(calls)), gate, 4 * 1024 * 1024);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -252,6 +261,7 @@ impl RunningNode {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("raftkv.v1.KV")
             .with_service_name("raftkv.v1.Cluster")
+            .with_service_name("raftkv.v1.Watch")
             .with_service_name("grpc.health.v1.Health")
             .build_v1()
             .map_err(|e| StartupError::Io(format!("reflection: {e}")))?;
@@ -262,6 +272,7 @@ impl RunningNode {
                 .concurrency_limit_per_connection(config.max_calls_per_connection)
                 .load_shed(true)
                 .add_service(kv)
+                .add_service(watch)
                 .add_service(cluster)
                 .add_service(health_service)
                 .add_service(reflection),

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use openraft::{EntryPayload, ErrorVerb};
 
+use super::history::{Event, EventKind};
 use super::layout::{
     data_key, read_record, StoredValue, DATA_PREFIX, KEY_CLOCK, KEY_CLUSTER_ID, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
     KEY_REMOVED_IDS, KEY_REVISION, KEY_SESSION_GC,
@@ -67,6 +68,7 @@ impl StateMachineStore {
         }
         self.save_before_images(&tree, &applier.touched)?;
         let cluster_id = applier.cluster_id;
+        let events = std::mem::take(&mut applier.events);
         {
             // Exclusive while the batch lands, so a reader holding the lock (a Range) sees the
             // state of exactly one applied index, and that index with it.
@@ -78,7 +80,13 @@ impl StateMachineStore {
             }
             self.shared.applied_index.store(last_applied.index, Ordering::Release);
             self.shared.revision.store(revision, Ordering::Release);
+            self.shared.history().record(events, revision);
         }
+        self.shared.revision_tx.send_if_modified(|current| {
+            let moved = *current != revision;
+            *current = revision;
+            moved
+        });
         self.observer.applied(responses.len(), started.elapsed());
         Ok(responses)
     }
@@ -103,6 +111,8 @@ struct BatchApplier<'a> {
     /// per write): the first entry sets the base, see [`Self::begin_entry`].
     revision_unrecorded: bool,
     base_pending: bool,
+    /// The changes made, in order, for the watch history.
+    events: Vec<Event>,
 }
 
 impl<'a> BatchApplier<'a> {
@@ -121,6 +131,7 @@ impl<'a> BatchApplier<'a> {
             revision_at_start: revision,
             revision_unrecorded: recorded.is_none(),
             base_pending: recorded.is_none(),
+            events: Vec::new(),
         })
     }
 
@@ -340,17 +351,35 @@ impl<'a> BatchApplier<'a> {
             mod_revision: revision,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
         };
-        self.set(key.clone(), Some(next))?;
-        Ok(prev.map(|p| p.into_key_value(key)))
+        let prev = prev.map(|p| p.into_key_value(key.clone()));
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv: next.clone().into_key_value(key.clone()),
+            prev_kv: prev.clone(),
+        });
+        self.set(key, Some(next))?;
+        Ok(prev)
     }
 
     fn delete(&mut self, change: &mut Option<u64>, key: Vec<u8>) -> Result<Option<KeyValue>, StorageError> {
-        let prev = self.current(&key)?;
-        if prev.is_some() {
-            self.change_revision(change);
-            self.set(key.clone(), None)?;
-        }
-        Ok(prev.map(|p| p.into_key_value(key)))
+        let Some(prev) = self.current(&key)? else {
+            return Ok(None);
+        };
+        let revision = self.change_revision(change);
+        self.set(key.clone(), None)?;
+        let prev = prev.into_key_value(key.clone());
+        self.events.push(Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key,
+                value: Vec::new(),
+                create_revision: 0,
+                mod_revision: revision,
+                version: 0,
+            },
+            prev_kv: Some(prev.clone()),
+        });
+        Ok(Some(prev))
     }
 
     fn delete_range(

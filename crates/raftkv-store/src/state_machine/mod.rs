@@ -42,6 +42,7 @@
 //! - `snapshot_install`: installing a snapshot by generation flip, and serving the current one.
 
 mod apply;
+pub mod history;
 mod layout;
 mod reads;
 mod snapshot_build;
@@ -61,6 +62,7 @@ use crate::types::{
     storage_error, LogId, Snapshot, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::StoreObserver;
+use history::WatchHistory;
 use layout::{
     read_record, state_tree_name, stored_revision, CONTROL_TREE, KEY_GENERATION, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
     STATE_TREE_PREFIX,
@@ -95,6 +97,10 @@ struct Shared {
     applied_index: AtomicU64,
     /// The store revision of the applied state (see "Revisions" above).
     revision: AtomicU64,
+    /// Recent changes, for watchers; updated under the state's write lock with the state.
+    history: Mutex<WatchHistory>,
+    /// The store revision, for watchers waiting for the next change.
+    revision_tx: tokio::sync::watch::Sender<u64>,
     cluster_id: AtomicU64,
     /// While a snapshot is being built, the snapshot-point values of records changed since.
     snapshot_view: Mutex<Option<SnapshotView>>,
@@ -103,6 +109,12 @@ struct Shared {
 }
 
 impl Shared {
+    fn history(&self) -> std::sync::MutexGuard<'_, WatchHistory> {
+        // Every update of the history is a whole record or reset: a poisoned lock still holds
+        // a consistent one.
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn state(&self) -> RwLockReadGuard<'_, StateTree> {
         // A panic while holding the lock cannot leave the tree half-swapped (the swap is one
         // assignment), so a poisoned lock is still safe to read through.
@@ -122,6 +134,7 @@ impl StateMachineStore {
         durable: &DurableDb,
         snapshots: SnapshotFiles,
         observer: Arc<dyn StoreObserver>,
+        config: &crate::StoreConfig,
     ) -> Result<Self, StoreError> {
         let db = durable.db();
         let control = db.open_tree(CONTROL_TREE)?;
@@ -157,6 +170,12 @@ impl StateMachineStore {
                 state: RwLock::new(StateTree { generation, tree }),
                 applied_index: AtomicU64::new(applied.map_or(0, |l| l.index)),
                 revision: AtomicU64::new(revision),
+                history: Mutex::new(WatchHistory::new(
+                    revision,
+                    config.watch_history_revisions,
+                    config.watch_history_bytes,
+                )),
+                revision_tx: tokio::sync::watch::Sender::new(revision),
                 cluster_id: AtomicU64::new(cluster_id),
                 snapshot_view: Mutex::new(None),
                 next_view: AtomicU64::new(1),

@@ -9,6 +9,7 @@ use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::history::{HistoryError, HistoryRead};
 use super::layout::{data_key, read_record, StoredValue, DATA_PREFIX, KEY_REMOVED_IDS};
 use super::Shared;
 use crate::codec;
@@ -70,6 +71,23 @@ impl StateReader {
     /// parent module, "Revisions"). Not a log index.
     pub fn revision(&self) -> u64 {
         self.shared.revision.load(Ordering::Acquire)
+    }
+
+    /// A receiver of the store revision: it changes after every apply that changed something
+    /// (and at a snapshot install). Watchers wait on it for the next change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.revision_tx.subscribe()
+    }
+
+    /// The changes from revision `from` on (about `max_events`, whole revisions), from the
+    /// watch history; `Compacted` when it no longer holds `from`.
+    pub fn changes_since(&self, from: u64, max_events: usize) -> Result<HistoryRead, HistoryError> {
+        self.shared.history().read(from, max_events)
+    }
+
+    /// The oldest revision the watch history holds (a watch can start there or later).
+    pub fn oldest_watchable(&self) -> u64 {
+        self.shared.history().oldest()
     }
 
     /// The cluster id recorded in the state (0 until the first leader has set it).

@@ -85,6 +85,9 @@ impl StateMachineStore {
                 generation: new_generation,
                 tree,
             };
+            // The changes between the old state and the snapshot's are unknown: watchers must
+            // start again from the new revision.
+            self.shared.history().reset(revision);
         }
         // A snapshot being built still scans the old tree; it is then dropped at the next start.
         if !build_in_progress {
@@ -95,6 +98,7 @@ impl StateMachineStore {
             .applied_index
             .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
         self.shared.revision.store(revision, Ordering::Release);
+        self.shared.revision_tx.send_replace(revision);
         Ok(())
     }
 
