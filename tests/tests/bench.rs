@@ -77,6 +77,7 @@ async fn every_steady_workload_runs_and_reports() -> anyhow::Result<()> {
         ("get", vec!["--consistency", "stale", "--target", "leader"]),
         ("mixed", vec!["--read-ratio", "0.5"]),
         ("txn", vec![]),
+        ("watch", vec!["--watchers", "6"]),
     ] {
         let mut args = vec![workload];
         args.extend(short);
@@ -88,6 +89,16 @@ async fn every_steady_workload_runs_and_reports() -> anyhow::Result<()> {
         }
         if workload == "txn" {
             assert!(r["txn_conflicts"].is_u64(), "{r}");
+        }
+        if workload == "watch" {
+            // The writes of the measured part reach each of the 6 watchers (the last ones may
+            // still be on their way when the run stops: at least 90 % of 6 × writes).
+            let (events, writes) = (r["ops"].as_u64().unwrap_or(0), r["writes"].as_u64().unwrap_or(0));
+            assert_eq!(r["watchers"], 6, "{r}");
+            assert!(
+                writes > 0 && events * 10 >= 54 * writes,
+                "{events} events for {writes} writes: {r}"
+            );
         }
     }
     cluster.shutdown().await;

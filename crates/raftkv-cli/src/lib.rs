@@ -291,6 +291,13 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(e) => bench_fail(e),
             }
         }
+        Command::Bench(args) if args.workload == bench::Workload::Watch => {
+            match bench::watch::run(&args, &cli.endpoints, &bench_client).await {
+                Ok(report) if json => print(&report.json()),
+                Ok(report) => print(&report.text()),
+                Err(e) => bench_fail(e),
+            }
+        }
         Command::Bench(args) => match bench::run(&args, &cli.endpoints, &bench_client).await {
             Ok(report) if json => print(&report.json()),
             Ok(report) => print(&report.text()),

@@ -72,9 +72,8 @@ pub enum Command {
     Txn(Txn),
     /// Several clients' writes that the leader's write batcher proposed as one log entry (one
     /// append and one fsync for all of them). They apply in order, each under its own
-    /// exactly-once session, and share the entry's revision, as if in one transaction. A batch
-    /// never holds two writes that touch the same key (see [`Command::point_keys`]), so a key's
-    /// mod_revision still names exactly one write.
+    /// exactly-once session and with its own revision (consecutive within the entry). A batch
+    /// never holds two writes that touch the same key (see [`Command::point_keys`]).
     Batch(Vec<BatchedWrite>),
 }
 

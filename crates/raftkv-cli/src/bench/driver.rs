@@ -80,6 +80,32 @@ pub enum CasOutcome {
     Conflict(Option<Vec<u8>>),
 }
 
+/// A watch of a prefix, for `bench watch`: yields the values of the put events it receives.
+pub enum WatchFeed {
+    Raftkv(raftkv_client::Watcher),
+    #[cfg(feature = "etcd")]
+    Etcd(super::etcd::EtcdWatch),
+}
+
+impl WatchFeed {
+    /// The values of the next puts received.
+    pub async fn next(&mut self) -> Result<Vec<Vec<u8>>, OpError> {
+        match self {
+            WatchFeed::Raftkv(w) => {
+                let batch = w.next().await?;
+                Ok(batch
+                    .events
+                    .into_iter()
+                    .filter(|e| e.r#type == pb::event::EventType::Put as i32)
+                    .filter_map(|e| e.kv.map(|kv| kv.value))
+                    .collect())
+            }
+            #[cfg(feature = "etcd")]
+            WatchFeed::Etcd(w) => w.next().await,
+        }
+    }
+}
+
 /// The current leader, as the failover harness needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
@@ -160,6 +186,20 @@ impl Driver {
 
     fn raftkv(clients: &[Client], conn: usize) -> &Client {
         &clients[conn % clients.len()]
+    }
+
+    /// Starts watching `prefix`; watcher `n` is placed on the nodes in turn.
+    pub async fn watch_prefix(&self, n: usize, prefix: &[u8]) -> Result<WatchFeed, OpError> {
+        match self {
+            Driver::Raftkv(c) => {
+                let watcher = Self::raftkv(c, n)
+                    .watch(raftkv_client::WatchOptions::prefix(prefix))
+                    .await?;
+                Ok(WatchFeed::Raftkv(watcher))
+            }
+            #[cfg(feature = "etcd")]
+            Driver::Etcd(e) => Ok(WatchFeed::Etcd(e.watch_prefix(n, prefix).await?)),
+        }
     }
 
     /// Writes `value` under `key`.

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    WatchStream,
+};
 
 use super::driver::{CasOutcome, Leader, OpError};
 use super::Target;
@@ -139,6 +142,17 @@ impl EtcdDriver {
         members[self.next_read.fetch_add(1, Ordering::Relaxed) % members.len()].clone()
     }
 
+    /// A watch of `prefix` on member `n % members` (its own watch stream, as etcd's clients
+    /// open one per watcher).
+    pub async fn watch_prefix(&self, n: usize, prefix: &[u8]) -> Result<EtcdWatch, OpError> {
+        let mut client = self.members[n % self.members.len()].clone();
+        let stream = client
+            .watch(prefix, Some(WatchOptions::new().with_prefix()))
+            .await
+            .map_err(|e| error(e, false))?;
+        Ok(EtcdWatch { stream })
+    }
+
     pub async fn put(&self, conn: usize, key: &[u8], value: &[u8]) -> Result<(), OpError> {
         self.writer(conn)
             .put(key, value, None)
@@ -236,5 +250,29 @@ impl EtcdDriver {
             indeterminate: false,
             message: "no etcd member answered a status call".into(),
         })
+    }
+}
+
+/// One etcd watch stream.
+pub struct EtcdWatch {
+    stream: WatchStream,
+}
+
+impl EtcdWatch {
+    /// The values of the next puts received.
+    pub async fn next(&mut self) -> Result<Vec<Vec<u8>>, OpError> {
+        match self.stream.message().await.map_err(|e| error(e, false))? {
+            Some(resp) => Ok(resp
+                .events()
+                .iter()
+                .filter(|e| e.event_type() == EventType::Put)
+                .filter_map(|e| e.kv().map(|kv| kv.value().to_vec()))
+                .collect()),
+            None => Err(OpError {
+                kind: "watch_closed".into(),
+                indeterminate: false,
+                message: "etcd closed the watch stream".into(),
+            }),
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod etcd;
 pub mod failover;
 pub mod report;
 pub mod table;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +46,9 @@ pub enum Workload {
     /// Writes (and reads) while the leader is killed `--kills` times; reports each write
     /// outage and checks that no acknowledged write was lost.
     Failover,
+    /// `--watchers` watchers of the key prefix while `--clients` writers put: events
+    /// delivered per second and the delay from a put's start to each event.
+    Watch,
 }
 
 impl Workload {
@@ -55,6 +59,7 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::Txn => "txn",
             Workload::Failover => "failover",
+            Workload::Watch => "watch",
         }
     }
 }
@@ -119,6 +124,9 @@ pub struct BenchArgs {
     /// Share of gets in the mixed workload (0.0-1.0).
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
+    /// watch: how many watchers follow the key prefix (spread over the nodes).
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
     /// failover: how many times to kill the leader.
     #[arg(long, default_value_t = 5)]
     pub kills: u32,
@@ -172,7 +180,7 @@ pub struct KeySpace {
     digits: usize,
 }
 
-const KEY_PREFIX: &str = "bench/";
+pub(crate) const KEY_PREFIX: &str = "bench/";
 
 impl KeySpace {
     pub fn new(keys: usize, key_size: usize) -> Result<Self, String> {
@@ -351,7 +359,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
     let preloaded = match args.workload {
         Workload::Get | Workload::Mixed => preload(&driver, &keys, &value, 16).await.map(|_| true)?,
         Workload::Txn => preload(&driver, &keys, b"0", 16).await.map(|_| true)?,
-        Workload::Put | Workload::Failover => false,
+        Workload::Put | Workload::Failover | Workload::Watch => false,
     };
     if preloaded {
         // Writing the whole key space sets off background work (etcd snapshots its log every
@@ -449,6 +457,8 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
             (Some(b), Some(a)) => Some(a.saturating_sub(b)),
             _ => None,
         },
+        watchers: None,
+        writes: None,
     })
 }
 

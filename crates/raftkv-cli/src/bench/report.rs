@@ -38,6 +38,11 @@ pub struct BenchReport {
     pub generator_cpu_percent: f64,
     /// Elections held during the run (growth of the highest term), when it could be read.
     pub elections: Option<u64>,
+    /// watch: how many watchers (`ops` are the events they received, `latency` the delay from
+    /// a put's start to its event).
+    pub watchers: Option<usize>,
+    /// watch: puts the writers had acknowledged in the measured part.
+    pub writes: Option<u64>,
 }
 
 impl BenchReport {
@@ -67,6 +72,9 @@ impl BenchReport {
         if let Some(r) = self.read_ratio {
             label.push_str(&format!(" {:.0}% get", r * 100.0));
         }
+        if let Some(w) = self.watchers {
+            label.push_str(&format!(" {w} watchers"));
+        }
         label
     }
 
@@ -87,6 +95,13 @@ impl BenchReport {
             self.ms(0.999),
             self.max_ms(),
         );
+        if let Some(writes) = self.writes {
+            out.push_str(&format!(
+                "(ops are events delivered to the watchers; latency is from a put's start to its event)\n\
+                 writes acknowledged: {writes} = {:.0} puts/s\n",
+                writes as f64 / self.seconds.max(f64::EPSILON)
+            ));
+        }
         if self.workload == "txn" {
             out.push_str(&format!("compare-and-swap conflicts: {}\n", self.txn_conflicts));
         }
@@ -131,6 +146,8 @@ impl BenchReport {
             "txn_conflicts": self.txn_conflicts,
             "generator_cpu_percent": self.generator_cpu_percent,
             "elections": self.elections,
+            "watchers": self.watchers,
+            "writes": self.writes,
         })
     }
 
@@ -209,6 +226,8 @@ mod tests {
             txn_conflicts: 0,
             generator_cpu_percent: 12.5,
             elections: Some(0),
+            watchers: None,
+            writes: None,
         }
     }
 

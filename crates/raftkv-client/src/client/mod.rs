@@ -75,6 +75,8 @@ struct Inner {
     sequence: Arc<WriteSequence>,
     /// `Bearer TOKEN`, sent with every call when the config has a token.
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// Where the next watch starts looking for a node: watches are spread over the endpoints.
+    next_watch_endpoint: std::sync::atomic::AtomicUsize,
 }
 
 /// A raftkv client. Cheap to clone; clones share connections, breakers, leader knowledge and
@@ -105,6 +107,7 @@ impl Client {
                 discovery: tokio::sync::Mutex::new(()),
                 sequence: WriteSequence::new(client_id),
                 authorization,
+                next_watch_endpoint: std::sync::atomic::AtomicUsize::new(0),
                 config,
             }),
         };

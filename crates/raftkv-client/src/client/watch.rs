@@ -124,14 +124,19 @@ pub struct Watcher {
 }
 
 impl Client {
-    /// Starts a watch (on the first endpoint that accepts it) and returns it.
+    /// Starts a watch and returns it. Successive watches of a client start on successive
+    /// endpoints (each moves on if its node does not accept it), so they spread over the nodes.
     pub async fn watch(&self, options: WatchOptions) -> Result<Watcher, ClientError> {
+        let turn = self
+            .inner
+            .next_watch_endpoint
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut watcher = Watcher {
             client: self.clone(),
             next: options.start_revision,
             options,
             conn: None,
-            turn: 0,
+            turn,
         };
         watcher.connect().await?;
         Ok(watcher)
