@@ -388,3 +388,30 @@ async fn a_watcher_that_does_not_keep_up_is_cancelled_and_writers_never_wait() -
     cluster.shutdown().await;
     Ok(())
 }
+
+/// - A watch stream lives as long as its client wants: the node's deadline for calls
+///   (`--request-timeout-ms`, 300 ms here) bounds opening it, not how long it stays open. An
+///   event written 1 s after the create still arrives on the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outlives_the_request_timeout() -> anyhow::Result<()> {
+    let cluster = InProcessCluster::start_with(3, |c| c.request_timeout_ms = 300).await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let (_tx, mut responses) = raw_watch(
+        &cluster.client_addr(leader),
+        WatchCreateRequest {
+            key: b"late".to_vec(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert!(next_response(&mut responses).await?.created);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = cluster.client().put("late", "v").await?.revision;
+    let r = next_response(&mut responses).await?;
+    assert_eq!(
+        r.events.first().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision),
+        Some(written)
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
