@@ -157,6 +157,20 @@ impl PortAllocator {
     }
 }
 
+/// Puts `key` = `value` until the cluster acknowledges it: a put that came back indeterminate or
+/// unavailable is sent again with the same value (harmless if the first one had applied), the
+/// way the crash tests' writers make their set of acknowledged writes exact. Any other error is
+/// returned.
+pub async fn put_until_acknowledged(client: &raftkv_client::Client, key: &str, value: &str) -> anyhow::Result<()> {
+    loop {
+        match client.put(key, value).await {
+            Ok(_) => return Ok(()),
+            Err(raftkv_client::ClientError::Indeterminate(_) | raftkv_client::ClientError::Unavailable(_)) => {}
+            Err(e) => return Err(anyhow::anyhow!("writing {key}: {e}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod port_allocator_tests {
     use super::PortAllocator;

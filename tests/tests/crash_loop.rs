@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftkv_client::ClientError;
 use raftkv_tests::process::{as_text, ProcessCluster};
 use raftkv_tests::wait;
 use rand::Rng;
@@ -38,18 +37,12 @@ async fn acknowledged_writes_survive_fifty_random_kills_and_every_restart_rejoin
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let (key, value) = (format!("w{w}-{i:06}"), format!("v{w}-{i}"));
-                loop {
-                    match client.put(key.clone(), value.clone()).await {
-                        Ok(_) => break,
-                        Err(ClientError::Indeterminate(_) | ClientError::Unavailable(_)) => {}
-                        Err(e) => return Err(anyhow::anyhow!("writing {key}: {e}")),
-                    }
-                }
+                raftkv_tests::put_until_acknowledged(&client, &key, &value).await?;
                 acked.lock().unwrap_or_else(|e| e.into_inner()).insert(key, value);
                 count.fetch_add(1, Ordering::SeqCst);
                 i += 1;
             }
-            Ok(())
+            Ok::<_, anyhow::Error>(())
         }));
     }
 

@@ -183,16 +183,10 @@ async fn a_leader_restarted_at_once_does_not_resume_its_old_term() -> anyhow::Re
         tokio::spawn(async move {
             for i in 0..400 {
                 let (key, value) = (format!("k{i:03}"), format!("v{i}"));
-                loop {
-                    match client.put(key.clone(), value.clone()).await {
-                        Ok(_) => break,
-                        Err(ClientError::Indeterminate(_) | ClientError::Unavailable(_)) => {}
-                        Err(e) => return Err(anyhow::anyhow!("writing {key}: {e}")),
-                    }
-                }
+                raftkv_tests::put_until_acknowledged(&client, &key, &value).await?;
                 acked.lock().unwrap_or_else(|e| e.into_inner()).insert(key, value);
             }
-            Ok(())
+            Ok::<_, anyhow::Error>(())
         })
     };
     wait::until(T, "100 acknowledged writes", || async {

@@ -38,17 +38,11 @@ async fn a_watcher_gets_every_change_once_across_kills_and_pauses() -> anyhow::R
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let (key, value) = (format!("f/{i:05}"), format!("v{i}"));
-                loop {
-                    match client.put(key.clone(), value.clone()).await {
-                        Ok(_) => break,
-                        Err(ClientError::Indeterminate(_) | ClientError::Unavailable(_)) => {}
-                        Err(e) => return Err(anyhow::anyhow!("writing {key}: {e}")),
-                    }
-                }
+                raftkv_tests::put_until_acknowledged(&client, &key, &value).await?;
                 acked.lock().unwrap_or_else(|e| e.into_inner()).insert(key, value);
                 i += 1;
             }
-            Ok(())
+            Ok::<_, anyhow::Error>(())
         })
     };
 

@@ -158,6 +158,9 @@ impl BenchArgs {
         if self.total == Some(0) {
             return Err("--total must be at least 1".into());
         }
+        if self.workload == Workload::Watch && self.watchers == 0 {
+            return Err("--watchers must be at least 1".into());
+        }
         if !(0.0..=1.0).contains(&self.read_ratio) {
             return Err(format!("--read-ratio must be within 0.0-1.0, not {}", self.read_ratio));
         }
@@ -343,8 +346,12 @@ fn counter_successor(value: &[u8]) -> Vec<u8> {
     (n + 1).to_string().into_bytes()
 }
 
-/// Runs a steady workload (put, get, mixed, txn) and returns its report.
-pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettings) -> Result<BenchReport, OpError> {
+/// Checks the options, then connects the driver: what every timed workload starts with.
+async fn prepare(
+    args: &BenchArgs,
+    raftkv_endpoints: &str,
+    client: &ClientSettings,
+) -> Result<(KeySpace, Driver), OpError> {
     args.validate().map_err(config_error)?;
     let keys = KeySpace::new(args.keys, args.key_size).map_err(config_error)?;
     let driver = Driver::connect(
@@ -355,6 +362,12 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
         client,
     )
     .await?;
+    Ok((keys, driver))
+}
+
+/// Runs a steady workload (put, get, mixed, txn) and returns its report.
+pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettings) -> Result<BenchReport, OpError> {
+    let (keys, driver) = prepare(args, raftkv_endpoints, client).await?;
     let value = vec![b'v'; args.value_size];
     let preloaded = match args.workload {
         Workload::Get | Workload::Mixed => preload(&driver, &keys, &value, 16).await.map(|_| true)?,

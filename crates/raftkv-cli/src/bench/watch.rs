@@ -16,9 +16,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
-use super::driver::{Driver, OpError};
+use super::driver::OpError;
 use super::report::BenchReport;
-use super::{config_error, cpu_seconds, new_histogram, BenchArgs, ClientSettings, KeySpace, KEY_PREFIX};
+use super::{config_error, cpu_seconds, new_histogram, prepare, BenchArgs, ClientSettings, KEY_PREFIX};
 
 /// How long watchers keep receiving after the writers stop (the last puts' events).
 const WATCH_GRACE: Duration = Duration::from_millis(500);
@@ -45,19 +45,7 @@ struct WatcherResult {
 }
 
 pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettings) -> Result<BenchReport, OpError> {
-    args.validate().map_err(config_error)?;
-    if args.watchers == 0 {
-        return Err(config_error("--watchers must be at least 1".into()));
-    }
-    let keys = KeySpace::new(args.keys, args.key_size).map_err(config_error)?;
-    let driver = Driver::connect(
-        args.driver,
-        args.endpoints(raftkv_endpoints),
-        args.connections,
-        args.target,
-        client,
-    )
-    .await?;
+    let (keys, driver) = prepare(args, raftkv_endpoints, client).await?;
     let origin = Instant::now();
     let measure_from = origin + args.warmup.0;
     let stop = Arc::new(AtomicBool::new(false));
