@@ -14,9 +14,26 @@ use tonic::metadata::MetadataValue;
 
 const T: Duration = Duration::from_secs(10);
 
-/// Sends `put key=value` to `addr` as write `seq` of client `client_id`; returns the revision.
-async fn numbered_put(addr: &str, client_id: u64, seq: u64, key: &str, value: &str) -> anyhow::Result<u64> {
-    let mut kv = KvClient::connect(format!("http://{addr}")).await?;
+/// Sends `put key=value` to the leader as write `seq` of client `client_id`; returns the
+/// revision. A leader that steps down under a starved CI machine answers UNAVAILABLE: the same
+/// numbered write is sent again to whoever leads next — which is exactly what this file checks
+/// is safe.
+async fn numbered_put(cluster: &InProcessCluster, client_id: u64, seq: u64, key: &str, value: &str) -> anyhow::Result<u64> {
+    wait::until(T, "a numbered put to be acknowledged", || async {
+        let leader = cluster.wait_for_leader(T).await.ok()?;
+        match numbered_put_once(&cluster.client_addr(leader), client_id, seq, key, value).await {
+            Ok(revision) => Some(Ok(revision)),
+            Err(status) if status.code() == tonic::Code::Unavailable => None,
+            Err(status) => Some(Err(anyhow::anyhow!("numbered put: {status}"))),
+        }
+    })
+    .await?
+}
+
+async fn numbered_put_once(addr: &str, client_id: u64, seq: u64, key: &str, value: &str) -> Result<u64, tonic::Status> {
+    let mut kv = KvClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut request = tonic::Request::new(PutRequest {
         key: key.into(),
         value: value.into(),
@@ -47,21 +64,21 @@ async fn versions(cluster: &InProcessCluster, key: &[u8], revision: u64) -> anyh
 async fn a_retried_write_applies_once_across_a_leader_change() -> anyhow::Result<()> {
     let mut cluster = InProcessCluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let first = numbered_put(&cluster.client_addr(leader), 4242, 1, "k", "v").await?;
-    let again = numbered_put(&cluster.client_addr(leader), 4242, 1, "k", "v").await?;
+    let first = numbered_put(&cluster, 4242, 1, "k", "v").await?;
+    let again = numbered_put(&cluster, 4242, 1, "k", "v").await?;
     assert_eq!(again, first, "the retry gets the saved answer");
     assert_eq!(versions(&cluster, b"k", first).await?, vec![1, 1, 1]);
 
     tracing::info!(leader, "--- stop the leader, retry on the new one");
     cluster.stop(leader).await;
-    let new_leader = cluster.wait_for_leader(T).await?;
-    let after = numbered_put(&cluster.client_addr(new_leader), 4242, 1, "k", "v").await?;
+    cluster.wait_for_leader(T).await?;
+    let after = numbered_put(&cluster, 4242, 1, "k", "v").await?;
     assert_eq!(after, first);
     let marker = cluster.client().put("marker", "x").await?;
     assert_eq!(versions(&cluster, b"k", marker.revision).await?, vec![1, 1]);
 
     // A new seq from the same client is a new write.
-    numbered_put(&cluster.client_addr(new_leader), 4242, 2, "k", "v2").await?;
+    numbered_put(&cluster, 4242, 2, "k", "v2").await?;
     let marker = cluster.client().put("marker", "y").await?;
     assert_eq!(versions(&cluster, b"k", marker.revision).await?, vec![2, 2]);
     cluster.shutdown().await;
@@ -85,7 +102,7 @@ async fn a_follower_restored_from_a_snapshot_still_recognizes_retries() -> anyho
         .into_iter()
         .find(|id| *id != leader)
         .expect("follower");
-    let first = numbered_put(&cluster.client_addr(leader), 777, 1, "k", "v").await?;
+    let first = numbered_put(&cluster, 777, 1, "k", "v").await?;
     cluster.wait_revision(first, T).await?;
 
     cluster.stop(follower).await;
@@ -109,8 +126,7 @@ async fn a_follower_restored_from_a_snapshot_still_recognizes_retries() -> anyho
         "the follower was restored from a snapshot"
     );
 
-    let leader = cluster.wait_for_leader(T).await?;
-    let retry = numbered_put(&cluster.client_addr(leader), 777, 1, "k", "v").await?;
+    let retry = numbered_put(&cluster, 777, 1, "k", "v").await?;
     assert_eq!(retry, first);
     let marker = client.put("marker", "x").await?;
     assert_eq!(versions(&cluster, b"k", marker.revision).await?, vec![1, 1, 1]);
