@@ -18,7 +18,13 @@ const T: Duration = Duration::from_secs(10);
 /// revision. A leader that steps down under a starved CI machine answers UNAVAILABLE: the same
 /// numbered write is sent again to whoever leads next — which is exactly what this file checks
 /// is safe.
-async fn numbered_put(cluster: &InProcessCluster, client_id: u64, seq: u64, key: &str, value: &str) -> anyhow::Result<u64> {
+async fn numbered_put(
+    cluster: &InProcessCluster,
+    client_id: u64,
+    seq: u64,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<u64> {
     wait::until(T, "a numbered put to be acknowledged", || async {
         let leader = cluster.wait_for_leader(T).await.ok()?;
         match numbered_put_once(&cluster.client_addr(leader), client_id, seq, key, value).await {

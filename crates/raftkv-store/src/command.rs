@@ -25,6 +25,9 @@ impl std::fmt::Display for Request {
             Command::DeleteRange { .. } => "delete-range".to_string(),
             Command::Txn(_) => "txn".to_string(),
             Command::Batch(writes) => format!("batch of {}", writes.len()),
+            Command::LeaseGrant { .. } => "lease-grant".to_string(),
+            Command::LeaseRevoke { .. } => "lease-revoke".to_string(),
+            Command::PutLeased { .. } => "put-leased".to_string(),
         };
         write!(f, "{kind} @{}ms", self.timestamp_ms)
     }
@@ -75,6 +78,24 @@ pub enum Command {
     /// exactly-once session and with its own revision (consecutive within the entry). A batch
     /// never holds two writes that touch the same key (see [`Command::point_keys`]).
     Batch(Vec<BatchedWrite>),
+    // New variants go last: bincode names a variant by its position, and logs, snapshots and
+    // session records written by older builds must still decode.
+    /// Create lease `id` with a time-to-live of `ttl_ms`. The TTL is only recorded: the leader
+    /// decides expiry on its own clock and proposes a [`Command::LeaseRevoke`] (see the node's
+    /// `LeaseKeeper`), so applying stays a pure function of the log.
+    LeaseGrant { id: u64, ttl_ms: u64 },
+    /// Delete lease `id` and every key attached to it (one change, one revision).
+    LeaseRevoke { id: u64 },
+    /// Set `key` to `value` and attach it to lease `lease` (which must exist), detaching it from
+    /// any other lease; the key is deleted when the lease goes.
+    PutLeased {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        prev_kv: bool,
+        lease: u64,
+    },
 }
 
 /// One client write inside a [`Command::Batch`].
@@ -89,12 +110,21 @@ impl Command {
     /// touches a range (or cluster state), so it must not share a batch with anything.
     pub fn point_keys(&self) -> Option<Vec<&[u8]>> {
         match self {
-            Command::Put { key, .. } | Command::Delete { key, .. } => Some(vec![key.as_slice()]),
+            Command::Put { key, .. } | Command::Delete { key, .. } | Command::PutLeased { key, .. } => {
+                Some(vec![key.as_slice()])
+            }
+            // They touch lease records and the keys of a lease; the applier reads through the
+            // earlier writes of a batch, so they may share one (10,000 grants would otherwise
+            // take 10,000 log entries).
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => Some(vec![]),
             Command::Txn(txn) => {
                 let mut keys: Vec<&[u8]> = txn.compares.iter().map(|c| c.key.as_slice()).collect();
                 for op in txn.success.iter().chain(&txn.failure) {
                     match op {
-                        TxnOp::Put { key, .. } | TxnOp::Delete { key, .. } | TxnOp::Get { key } => keys.push(key),
+                        TxnOp::Put { key, .. }
+                        | TxnOp::Delete { key, .. }
+                        | TxnOp::Get { key }
+                        | TxnOp::PutLeased { key, .. } => keys.push(key),
                         TxnOp::DeleteRange { .. } => return None,
                     }
                 }
@@ -179,6 +209,17 @@ pub enum TxnOp {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// A put that attaches the key to lease `lease` (last, for decoding older logs). A
+    /// transaction whose chosen branch names a missing lease applies nothing and answers
+    /// [`Response::LeaseNotFound`].
+    PutLeased {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        prev_kv: bool,
+        lease: u64,
+    },
 }
 
 /// What one transaction operation did.
@@ -243,4 +284,24 @@ pub enum Response {
     },
     /// One response per write of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
+    // New variants go last (see `Command`).
+    LeaseGranted {
+        revision: u64,
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// The lease is gone, and so are its keys (`deleted` of them).
+    LeaseRevoked {
+        revision: u64,
+        deleted: u64,
+    },
+    /// The command named lease `id`, which does not exist (never granted, revoked or expired):
+    /// nothing was applied.
+    LeaseNotFound {
+        id: u64,
+    },
+    /// A grant asked for lease `id`, which exists already: nothing was applied.
+    LeaseExists {
+        id: u64,
+    },
 }

@@ -41,7 +41,7 @@ pub use error::StoreError;
 
 pub use log_store::LogStore;
 pub use state_machine::history::{Event, EventKind, HistoryError, HistoryRead};
-pub use state_machine::{prefix_end, RangeQuery, RangeResult, StateMachineStore, StateReader};
+pub use state_machine::{prefix_end, LeaseInfo, RangeQuery, RangeResult, StateMachineStore, StateReader};
 pub use types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 
 use crate::durable::DurableDb;

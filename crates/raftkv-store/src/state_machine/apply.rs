@@ -3,6 +3,8 @@
 //! `sled::Batch`, which lands under the state's write lock together with the new applied index
 //! and store revision (each change bumps the revision: see the parent module, "Revisions").
 
+mod lease;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
@@ -101,6 +103,8 @@ struct BatchApplier<'a> {
     /// Every raw tree key the batch writes (for an in-progress snapshot's before-images).
     touched: BTreeSet<Vec<u8>>,
     overlay: BTreeMap<Vec<u8>, Option<StoredValue>>,
+    /// Raw records (leases and their attachments) written so far, by tree key.
+    raw: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     sessions: BTreeMap<u64, Option<SessionRecord>>,
     clock: Option<u64>,
     cluster_id: Option<u64>,
@@ -124,6 +128,7 @@ impl<'a> BatchApplier<'a> {
             batch: sled::Batch::default(),
             touched: BTreeSet::new(),
             overlay: BTreeMap::new(),
+            raw: BTreeMap::new(),
             sessions: BTreeMap::new(),
             clock: None,
             cluster_id: None,
@@ -352,6 +357,7 @@ impl<'a> BatchApplier<'a> {
             version: prev.as_ref().map_or(1, |p| p.version + 1),
         };
         let prev = prev.map(|p| p.into_key_value(key.clone()));
+        self.detach(&key)?;
         self.events.push(Event {
             kind: EventKind::Put,
             kv: next.clone().into_key_value(key.clone()),
@@ -367,6 +373,7 @@ impl<'a> BatchApplier<'a> {
         };
         let revision = self.change_revision(change);
         self.set(key.clone(), None)?;
+        self.detach(&key)?;
         let prev = prev.into_key_value(key.clone());
         self.events.push(Event {
             kind: EventKind::Delete,
@@ -442,6 +449,17 @@ impl<'a> BatchApplier<'a> {
                 TxnOpResult::Delete { deleted, prev_kvs }
             }
             TxnOp::Get { key } => TxnOpResult::Get { kv: self.get(&key)? },
+            TxnOp::PutLeased {
+                key,
+                value,
+                prev_kv,
+                lease,
+            } => {
+                let prev = self.put_leased(change, key, value, lease)?;
+                TxnOpResult::Put {
+                    prev_kv: prev.filter(|_| prev_kv),
+                }
+            }
         })
     }
 
@@ -483,6 +501,14 @@ impl<'a> BatchApplier<'a> {
                     }
                 }
                 let ops = if succeeded { txn.success } else { txn.failure };
+                // A missing lease refuses the whole branch before any of it is applied.
+                for op in &ops {
+                    if let TxnOp::PutLeased { lease, .. } = op {
+                        if !self.lease_exists(*lease)? {
+                            return Ok(Response::LeaseNotFound { id: *lease });
+                        }
+                    }
+                }
                 let mut results = Vec::with_capacity(ops.len());
                 for op in ops {
                     results.push(self.txn_op(&mut change, op)?);
@@ -501,6 +527,23 @@ impl<'a> BatchApplier<'a> {
                     responses.push(self.apply(write.command)?);
                 }
                 Ok(Response::Batch(responses))
+            }
+            Command::LeaseGrant { id, ttl_ms } => self.lease_grant(id, ttl_ms),
+            Command::LeaseRevoke { id } => self.lease_revoke(&mut change, id),
+            Command::PutLeased {
+                key,
+                value,
+                prev_kv,
+                lease,
+            } => {
+                if !self.lease_exists(lease)? {
+                    return Ok(Response::LeaseNotFound { id: lease });
+                }
+                let prev = self.put_leased(&mut change, key, value, lease)?;
+                Ok(Response::Put {
+                    revision: self.revision,
+                    prev_kv: prev.filter(|_| prev_kv),
+                })
             }
             Command::SetClusterId { cluster_id } => {
                 let current = match self.cluster_id {

@@ -29,6 +29,49 @@ pub(super) const KEY_REVISION: &[u8] = b"m/revision";
 /// Ids of nodes removed from the membership: never to be reused.
 pub(super) const KEY_REMOVED_IDS: &[u8] = b"m/removed_ids";
 
+/// Lease records: `l/` + lease id (8 bytes, big-endian) -> codec [`LeaseRecord`].
+pub(super) const LEASE_PREFIX: &[u8] = b"l/";
+/// A lease's keys: `k/` + lease id (8 bytes, big-endian) + user key -> codec `()`, so revoking
+/// a lease finds its keys with one prefix scan.
+pub(super) const LEASE_KEYS_PREFIX: &[u8] = b"k/";
+/// The lease a key is attached to: `a/` + user key -> codec lease id, so a put or delete of the
+/// key detaches it from that lease.
+pub(super) const KEY_LEASE_PREFIX: &[u8] = b"a/";
+
+/// A lease as stored. Its deadline is not stored: it lives in the leader's memory (a new
+/// leader restarts every lease's TTL), so nothing here depends on a clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct LeaseRecord {
+    pub(super) ttl_ms: u64,
+}
+
+pub(super) fn lease_key(id: u64) -> Vec<u8> {
+    [LEASE_PREFIX, &id.to_be_bytes()].concat()
+}
+
+pub(super) fn lease_keys_prefix(id: u64) -> Vec<u8> {
+    [LEASE_KEYS_PREFIX, &id.to_be_bytes()].concat()
+}
+
+pub(super) fn lease_attachment_key(id: u64, user_key: &[u8]) -> Vec<u8> {
+    [LEASE_KEYS_PREFIX, &id.to_be_bytes(), user_key].concat()
+}
+
+pub(super) fn key_lease_key(user_key: &[u8]) -> Vec<u8> {
+    [KEY_LEASE_PREFIX, user_key].concat()
+}
+
+/// The lease id in a key that starts with `prefix` followed by the id.
+pub(super) fn lease_id_after(prefix: &[u8], key: &[u8]) -> Result<u64, StoreError> {
+    key.get(prefix.len()..prefix.len() + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "lease record key".into(),
+            detail: format!("{} bytes", key.len()),
+        })
+}
+
 /// A user key's value and revision metadata as stored (the key itself is the tree key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct StoredValue {

@@ -4,7 +4,9 @@
 //! ## Layout
 //! The whole state lives in one sled tree, `sm_state.<generation>`:
 //! - `d` + user key -> codec [`StoredValue`](layout::StoredValue) (value, create/mod revision, version);
-//! - `m/last_applied`, `m/membership`, `m/cluster_id`, `m/revision` -> codec values.
+//! - `m/last_applied`, `m/membership`, `m/cluster_id`, `m/revision` -> codec values;
+//! - leases: `l/<id>` -> the lease, `k/<id><key>` -> one per attached key, `a/<key>` -> the
+//!   key's lease (see `layout`; applied by `apply/lease`).
 //!
 //! Keeping data and metadata in one tree makes every `apply` a single `sled::Batch`, which sled
 //! applies atomically: the data, `last_applied`, the revision and the membership can never
@@ -70,7 +72,7 @@ use layout::{
 use snapshot_build::SnapshotView;
 
 pub(crate) use layout::KEY_CLUSTER_ID;
-pub use reads::{prefix_end, RangeQuery, RangeResult, StateReader};
+pub use reads::{prefix_end, LeaseInfo, RangeQuery, RangeResult, StateReader};
 pub use snapshot_build::StateSnapshotBuilder;
 
 fn sm_err<E: std::error::Error + 'static>(verb: ErrorVerb, e: &E) -> StorageError {

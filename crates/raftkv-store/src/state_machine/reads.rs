@@ -10,7 +10,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::history::{HistoryError, HistoryRead};
-use super::layout::{data_key, read_record, StoredValue, DATA_PREFIX, KEY_REMOVED_IDS};
+use super::layout::{
+    data_key, lease_id_after, lease_key, lease_keys_prefix, read_record, LeaseRecord, StoredValue, DATA_PREFIX,
+    KEY_REMOVED_IDS, LEASE_PREFIX,
+};
 use super::Shared;
 use crate::codec;
 use crate::command::KeyValue;
@@ -53,6 +56,14 @@ pub struct RangeResult {
     pub count: u64,
     /// The applied index the whole result was read at.
     pub revision: u64,
+}
+
+/// A lease as the applied state knows it: its id and the TTL it was granted with. (Its
+/// deadline lives on the leader; see the node's `LeaseKeeper`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: u64,
+    pub ttl_ms: u64,
 }
 
 /// Read-only access to the applied state, shared with the node's gRPC services. Cheap to clone.
@@ -155,6 +166,40 @@ impl StateReader {
         }
         if !q.count_only {
             out.count = out.kvs.len() as u64;
+        }
+        Ok(out)
+    }
+
+    /// Lease `id`, if it exists.
+    pub fn lease(&self, id: u64) -> Result<Option<LeaseInfo>, StoreError> {
+        let state = self.shared.state();
+        let record: Option<LeaseRecord> = read_record(&state.tree, &lease_key(id))?;
+        Ok(record.map(|r| LeaseInfo { id, ttl_ms: r.ttl_ms }))
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        let state = self.shared.state();
+        let mut out = Vec::new();
+        for item in state.tree.scan_prefix(LEASE_PREFIX) {
+            let (k, v) = item?;
+            let record: LeaseRecord = codec::decode(&v)?;
+            out.push(LeaseInfo {
+                id: lease_id_after(LEASE_PREFIX, &k)?,
+                ttl_ms: record.ttl_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The keys attached to lease `id`, in key order (empty for a lease that does not exist).
+    pub fn lease_keys(&self, id: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = lease_keys_prefix(id);
+        let state = self.shared.state();
+        let mut out = Vec::new();
+        for item in state.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            out.push(k[prefix.len()..].to_vec());
         }
         Ok(out)
     }
