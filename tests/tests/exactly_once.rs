@@ -44,6 +44,7 @@ async fn numbered_put_once(addr: &str, client_id: u64, seq: u64, key: &str, valu
         key: key.into(),
         value: value.into(),
         prev_kv: false,
+        lease: 0,
     });
     let md = request.metadata_mut();
     md.insert(metadata::CLIENT_ID, MetadataValue::from(client_id));

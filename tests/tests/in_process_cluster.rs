@@ -73,6 +73,7 @@ async fn follower_answers_with_the_leader_hint() -> anyhow::Result<()> {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             prev_kv: false,
+            lease: 0,
         })
         .await
         .expect_err("a follower must not accept a write");
@@ -265,6 +266,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() -> anyhow::Result<()> {
         key,
         value,
         prev_kv: false,
+        lease: 0,
     };
     let cases: Vec<(&str, Result<(), tonic::Status>, &str)> = vec![
         (

@@ -240,6 +240,7 @@ fn a_call_that_hangs(channel: tonic::transport::Channel) -> tokio::task::JoinHan
                 key: b"held".to_vec(),
                 value: b"v".to_vec(),
                 prev_kv: false,
+                lease: 0,
             });
             request.set_timeout(Duration::from_secs(20));
             match KvClient::new(channel.clone()).put(request).await {

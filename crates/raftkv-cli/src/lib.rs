@@ -64,7 +64,8 @@ fn exit_code_for(e: &ClientError) -> u8 {
     match e {
         ClientError::InvalidArgument(_) | ClientError::Config(_) => EXIT_USAGE,
         ClientError::Unavailable(_) | ClientError::Indeterminate(_) => EXIT_UNAVAILABLE,
-        ClientError::Server { .. } | ClientError::Compacted { .. } => EXIT_SERVER_ERROR,
+        ClientError::NotFound(_) => EXIT_NOT_FOUND,
+        ClientError::Server { .. } | ClientError::Compacted { .. } | ClientError::AlreadyExists(_) => EXIT_SERVER_ERROR,
         ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_) => EXIT_DENIED,
     }
 }
@@ -170,6 +171,7 @@ pub async fn run(cli: Cli) -> u8 {
                 key: key.into_bytes(),
                 value: value.into_bytes(),
                 prev_kv: prev,
+                lease: 0,
             };
             match client.put_request(req, None).await {
                 Ok(r) if json => print(&output::put_json(&r)),

@@ -31,6 +31,12 @@ pub enum ClientError {
     /// revision one does). Read the current state and watch again from its revision + 1.
     #[error("compacted: {message}")]
     Compacted { oldest: u64, message: String },
+    /// The thing the call named does not exist (a lease that expired or was revoked).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The call would create something that exists already (a lease id in use).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// Any other error the server returned.
     #[error("server error {code:?}: {message}")]
     Server { code: Code, message: String },
@@ -42,6 +48,8 @@ impl ClientError {
             Code::InvalidArgument => Self::InvalidArgument(s.message().to_string()),
             Code::Unauthenticated => Self::Unauthenticated(s.message().to_string()),
             Code::PermissionDenied => Self::PermissionDenied(s.message().to_string()),
+            Code::NotFound => Self::NotFound(s.message().to_string()),
+            Code::AlreadyExists => Self::AlreadyExists(s.message().to_string()),
             code => Self::Server {
                 code,
                 message: s.message().to_string(),

@@ -29,7 +29,10 @@ mod session;
 pub mod txn;
 
 pub use breaker::{BreakerConfig, BreakerState};
-pub use client::{Client, EndpointReport, NodeReport, Read, ReadOptions, WatchBatch, WatchOptions, Watcher};
+pub use client::{
+    Client, EndpointReport, LeaseKeepAlive, LeaseState, NodeReport, Read, ReadOptions, WatchBatch, WatchOptions,
+    Watcher,
+};
 pub use config::{ClientConfig, ClientTls, EndpointSpec, RetryPolicy, Token, DEFAULT_ENDPOINTS};
 pub use error::ClientError;
 /// The backup file format (written by `raftkv backup`, read by `raftkvd restore`).

@@ -99,6 +99,20 @@ pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> TxnOp {
             key: key.into(),
             value: value.into(),
             prev_kv: false,
+            lease: 0,
+        })),
+    }
+}
+
+/// Put `key` = `value`, attached to lease `lease` (the transaction fails with NOT_FOUND, and
+/// applies nothing, if the lease is gone).
+pub fn put_leased(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: u64) -> TxnOp {
+    TxnOp {
+        op: Some(txn_op::Op::Put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            prev_kv: false,
+            lease,
         })),
     }
 }

@@ -61,6 +61,8 @@ impl From<ClientError> for OpError {
             ClientError::Unauthenticated(_) => "unauthenticated".to_string(),
             ClientError::PermissionDenied(_) => "permission_denied".to_string(),
             ClientError::Compacted { .. } => "compacted".to_string(),
+            ClientError::NotFound(_) => "not_found".to_string(),
+            ClientError::AlreadyExists(_) => "already_exists".to_string(),
             ClientError::Server { code, .. } => format!("server_{code:?}").to_lowercase(),
         };
         OpError {

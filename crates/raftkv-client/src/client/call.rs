@@ -19,8 +19,18 @@ use crate::session::SeqTicket;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum CallKind {
+    /// A write: to the leader, numbered for exactly-once when the config says so.
     Write,
     Read,
+    /// A call only the leader answers that is safe to repeat (a lease keep-alive, a lease's
+    /// time to live): to the leader, never numbered, retried whatever happened to an attempt.
+    Leader,
+}
+
+impl CallKind {
+    fn to_leader(self) -> bool {
+        matches!(self, CallKind::Write | CallKind::Leader)
+    }
 }
 
 /// How one failed attempt bears on the call.
@@ -144,7 +154,7 @@ impl Client {
             }
             let target = match (kind, redirect.take()) {
                 (_, Some(addr)) => Some(self.endpoint(&addr)?),
-                (CallKind::Write, None) => {
+                (CallKind::Write | CallKind::Leader, None) => {
                     let leader = match self.known_leader() {
                         Some(l) => Some(l),
                         None => self.await_leader(deadline).await,
@@ -188,7 +198,7 @@ impl Client {
             let (failure, transport_failure) = match outcome {
                 Ok(Ok(resp)) => {
                     target.record(false, started.elapsed());
-                    if kind == CallKind::Write {
+                    if kind.to_leader() {
                         self.set_leader(Some(addr));
                     }
                     return Ok(resp.into_inner());
@@ -216,7 +226,7 @@ impl Client {
                         // A stale hint pointing back at the node that gave it.
                         self.set_leader(None);
                         self.pause(&mut backoff, deadline).await;
-                    } else if kind == CallKind::Write && self.is_lost_leader(&hint) {
+                    } else if kind.to_leader() && self.is_lost_leader(&hint) {
                         // This node's lease on the dead leader has not run out yet: wait for
                         // the election (the next attempt polls for the new leader).
                         self.set_leader(None);
@@ -228,7 +238,7 @@ impl Client {
                 }
                 Failure::NotStarted(msg) => {
                     last_error = format!("{addr}: {msg}");
-                    if kind == CallKind::Write && transport_failure && self.known_leader().as_deref() == Some(&addr) {
+                    if kind.to_leader() && transport_failure && self.known_leader().as_deref() == Some(&addr) {
                         // The leader is gone (connection refused): the next attempt polls for
                         // its successor.
                         self.leader_lost(&addr);

@@ -59,6 +59,7 @@ impl Client {
             key: key.into(),
             value: value.into(),
             prev_kv: false,
+            lease: 0,
         };
         self.put_request(req, None).await
     }

@@ -31,13 +31,15 @@
 //!   reads ([`ReadOptions`], [`Read`]);
 //! - `admin`: membership, Status, cluster status, snapshot and backup calls ([`NodeReport`],
 //!   [`MEMBERSHIP_TIMEOUT`]);
-//! - `watch`: watches that resume on another node from the next revision ([`Watcher`]).
+//! - `watch`: watches that resume on another node from the next revision ([`Watcher`]);
+//! - `lease`: lease calls and leases kept alive in the background ([`LeaseKeepAlive`]).
 
 mod admin;
 mod call;
 mod data;
 mod endpoints;
 mod leader;
+mod lease;
 mod watch;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -56,6 +58,7 @@ pub use data::{Read, ReadOptions};
 pub use endpoints::EndpointReport;
 use endpoints::EndpointState;
 pub use leader::LEADER_POLL_INTERVAL;
+pub use lease::{LeaseKeepAlive, LeaseState};
 pub use watch::{WatchBatch, WatchOptions, Watcher};
 
 /// Largest reply the client accepts (the server keeps Range replies near 3 MiB; a Get of a

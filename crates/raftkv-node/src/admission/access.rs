@@ -64,8 +64,8 @@ impl fmt::Display for Role {
 /// is closed until someone decides otherwise.
 pub fn required_role(rpc: &str) -> Role {
     match rpc {
-        "Get" | "Range" | "Watch" | "Status" | "ListMembers" => Role::Read,
-        "Put" | "Delete" | "Txn" => Role::ReadWrite,
+        "Get" | "Range" | "Watch" | "Status" | "ListMembers" | "TimeToLive" | "Leases" => Role::Read,
+        "Put" | "Delete" | "Txn" | "Grant" | "Revoke" | "KeepAlive" | "KeepAliveOnce" => Role::ReadWrite,
         _ => Role::Admin,
     }
 }

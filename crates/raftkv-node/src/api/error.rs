@@ -18,6 +18,8 @@
 //! | Overloaded       | RESOURCE_EXHAUSTED | `overloaded`    | yes, after a backoff            |
 //! | NoSpace          | RESOURCE_EXHAUSTED | `no-space`      | no: free disk space first       |
 //! | Compacted        | OUT_OF_RANGE       | `compacted`     | on another node, or re-read and watch from now |
+//! | LeaseNotFound    | NOT_FOUND          | –               | no: grant a new lease           |
+//! | LeaseExists      | ALREADY_EXISTS     | –               | no: pick another id, or none    |
 
 use openraft::errors::{ClientWriteError, ForwardReason, ForwardToLeader, LinearizableReadError, RaftError};
 use raftkv_proto::{error_kind, metadata};
@@ -70,6 +72,10 @@ pub enum ApiError {
     },
     #[error("node {this} cannot watch from revision {wanted}: its watch history starts at revision {oldest} (older changes were compacted, or happened before it started). Watch from {oldest} or later, or read the current state and watch from its revision + 1")]
     Compacted { this: NodeId, wanted: u64, oldest: u64 },
+    #[error("lease {0:x} does not exist: it was never granted, or it expired or was revoked (its keys are gone with it); grant a new lease")]
+    LeaseNotFound(u64),
+    #[error("lease {0:x} already exists; grant with another id, or with id 0 to let the leader pick one")]
+    LeaseExists(u64),
 }
 
 impl ApiError {
@@ -166,7 +172,9 @@ impl ApiError {
             | Self::InvalidArgument(_)
             | Self::Storage(_)
             | Self::AlreadyAcknowledged { .. }
-            | Self::FailedPrecondition(_) => None,
+            | Self::FailedPrecondition(_)
+            | Self::LeaseNotFound(_)
+            | Self::LeaseExists(_) => None,
         }
     }
 
@@ -185,6 +193,8 @@ impl ApiError {
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Overloaded { .. } | Self::NoSpace { .. } => Code::ResourceExhausted,
             Self::Compacted { .. } => Code::OutOfRange,
+            Self::LeaseNotFound(_) => Code::NotFound,
+            Self::LeaseExists(_) => Code::AlreadyExists,
         }
     }
 }

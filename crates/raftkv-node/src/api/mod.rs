@@ -1,10 +1,11 @@
-//! **api**: the public gRPC services (`raftkv.v1.KV`, `raftkv.v1.Watch`, `raftkv.v1.Cluster`) — what a client
+//! **api**: the public gRPC services (`raftkv.v1.KV`, `raftkv.v1.Watch`, `raftkv.v1.Lease`, `raftkv.v1.Cluster`) — what a client
 //! can ask, how each request is validated and turned into a store command or query, and the
 //! one mapping from [`ApiError`](error::ApiError) to gRPC status codes.
 //!
 //! - [`kv_service`]: the data API (put, get, delete, range, txn);
 //! - [`cluster_service`]: status, membership, snapshots, backups;
 //! - [`watch_service`]: watching changes (`raftkv.v1.Watch`), from the store's watch history;
+//! - [`lease_service`]: leases (`raftkv.v1.Lease`), expired by `consensus::lease_keeper`;
 //! - [`request`]: validating requests and converting messages both ways;
 //! - [`limits`]: the sizes and counts the API accepts;
 //! - [`call`]: what every admitted call passes through (span, removed-node check, timing);
@@ -21,6 +22,7 @@ pub mod call;
 pub mod cluster_service;
 pub mod error;
 pub mod kv_service;
+pub mod lease_service;
 pub mod limits;
 pub mod request;
 pub mod watch_service;

@@ -199,13 +199,22 @@ pub fn delete_command(r: &DeleteRequest) -> Result<Command, ApiError> {
     }
 }
 
+/// A put, attached to a lease when the request names one.
 pub fn put_command(r: PutRequest) -> Result<Command, ApiError> {
     validate_key(&r.key)?;
     validate_value(&r.value)?;
-    Ok(Command::Put {
-        key: r.key,
-        value: r.value,
-        prev_kv: r.prev_kv,
+    Ok(match r.lease {
+        0 => Command::Put {
+            key: r.key,
+            value: r.value,
+            prev_kv: r.prev_kv,
+        },
+        lease => Command::PutLeased {
+            key: r.key,
+            value: r.value,
+            prev_kv: r.prev_kv,
+            lease,
+        },
     })
 }
 
@@ -229,7 +238,18 @@ fn txn_op(op: PbTxnOp, what: &str) -> Result<TxnOp, ApiError> {
     match op.op {
         Some(txn_op::Op::Put(p)) => match put_command(p).map_err(with)? {
             Command::Put { key, value, prev_kv } => Ok(TxnOp::Put { key, value, prev_kv }),
-            _ => unreachable!("put_command builds a Put"),
+            Command::PutLeased {
+                key,
+                value,
+                prev_kv,
+                lease,
+            } => Ok(TxnOp::PutLeased {
+                key,
+                value,
+                prev_kv,
+                lease,
+            }),
+            _ => unreachable!("put_command builds a Put or PutLeased"),
         },
         Some(txn_op::Op::Delete(d)) => match delete_command(&d).map_err(with)? {
             Command::Delete { key, prev_kv } => Ok(TxnOp::Delete { key, prev_kv }),

@@ -449,6 +449,13 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// The shortest lease TTL this node grants: a few election timeouts (and at least a
+    /// second), so a lease held alive through a failover cannot run out while the cluster
+    /// elects a new leader — which then gives every lease a fresh TTL.
+    pub fn min_lease_ttl_ms(&self) -> u64 {
+        (5 * self.election_max_ms).max(1_000)
+    }
+
     /// The openraft configuration these settings give.
     pub fn raft_config(&self) -> openraft::Config {
         openraft::Config {

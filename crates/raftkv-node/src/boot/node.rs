@@ -9,6 +9,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use raftkv_proto::v1::cluster_server::ClusterServer;
 use raftkv_proto::v1::kv_server::KvServer;
+use raftkv_proto::v1::lease_server::LeaseServer;
 use raftkv_proto::v1::raft_peer_server::RaftPeerServer;
 use raftkv_proto::v1::watch_server::WatchServer;
 use raftkv_store::command::{Command, Response};
@@ -26,6 +27,7 @@ use crate::admission::gate::{ClientGate, GateConfig};
 use crate::api::call::ApiCalls;
 use crate::api::cluster_service::ClusterService;
 use crate::api::kv_service::KvService;
+use crate::api::lease_service::LeaseService;
 use crate::api::limits::MAX_VALUE_BYTES;
 use crate::api::watch_service::WatchService;
 use crate::boot::config::NodeConfig;
@@ -36,6 +38,7 @@ use crate::boot::tls::NodeTls;
 use crate::consensus::core::NodeCore;
 use crate::consensus::election_assist::ElectionAssist;
 use crate::consensus::leadership;
+use crate::consensus::lease_keeper::LeaseKeeper;
 use crate::consensus::read_index::ReadPath;
 use crate::consensus::removal::Removal;
 use crate::consensus::transport::network::{
@@ -254,6 +257,16 @@ impl RunningNode {
             gate.clone(),
             4 * 1024 * 1024,
         );
+        let lease_keeper = LeaseKeeper::default();
+        let lease = ClientGate::new(
+            LeaseServer::new(LeaseService::new(
+                calls.clone(),
+                lease_keeper.clone(),
+                config.min_lease_ttl_ms(),
+            )),
+            gate.clone(),
+            4 * 1024 * 1024,
+        );
         let cluster = ClientGate::new(ClusterServer::new(ClusterService::new(calls)), gate, 4 * 1024 * 1024);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
@@ -262,6 +275,7 @@ impl RunningNode {
             .with_service_name("raftkv.v1.KV")
             .with_service_name("raftkv.v1.Cluster")
             .with_service_name("raftkv.v1.Watch")
+            .with_service_name("raftkv.v1.Lease")
             .with_service_name("grpc.health.v1.Health")
             .build_v1()
             .map_err(|e| StartupError::Io(format!("reflection: {e}")))?;
@@ -273,6 +287,7 @@ impl RunningNode {
                 .load_shed(true)
                 .add_service(kv)
                 .add_service(watch)
+                .add_service(lease)
                 .add_service(cluster)
                 .add_service(health_service)
                 .add_service(reflection),
@@ -282,6 +297,7 @@ impl RunningNode {
         let health = HealthState::default();
         let mut background = vec![
             disk.spawn(shutdown_rx.clone()),
+            tokio::spawn(lease_keeper.run(core.clone(), shutdown_rx.clone())),
             tokio::spawn(watch_leadership(core.clone(), metrics.clone(), shutdown_rx.clone())),
             health::spawn_checker(
                 core.clone(),

@@ -74,6 +74,13 @@ pub fn standing(m: &Metrics, lease: Duration) -> Standing {
     }
 }
 
+/// The term this node leads in, with a quorum behind it (None: it does not lead, or has
+/// stepped down). What lease expiry and keep-alives go by.
+pub fn leading_term(raft: &Raft) -> Option<u64> {
+    let m = raft.metrics().borrow_watched().clone();
+    (standing(&m, lease_of(raft)) == Standing::Leading).then_some(m.current_term)
+}
+
 /// The leader this node names to clients: none while it has stepped down.
 pub fn visible_leader(m: &Metrics, lease: Duration) -> Option<NodeId> {
     match standing(m, lease) {

@@ -7,6 +7,8 @@
 //! - [`membership`]: adding, promoting and removing members (run on the leader);
 //! - [`removal`]: the removed-node state a node keeps once it is out of the cluster;
 //! - [`election_assist`]: faster elections after a leader dies under write load;
+//! - [`lease_keeper`]: when leases expire (the leader's deadlines, fresh TTLs on a new
+//!   leadership, revokes through the log);
 //! - [`leadership`]: who leads as clients see it (check-quorum: a leader without a quorum has
 //!   stepped down);
 //! - [`transport`]: the peer API, client ([`transport::network`]) and server
@@ -20,6 +22,7 @@
 pub mod core;
 pub mod election_assist;
 pub mod leadership;
+pub mod lease_keeper;
 pub mod membership;
 pub mod read_index;
 pub mod removal;

@@ -240,6 +240,8 @@ async fn propose(id: NodeId, raft: &Raft, mut batch: Vec<Pending>, timestamp_ms:
 fn answer(response: SmResponse) -> WriteResult {
     match response {
         SmResponse::AlreadyAcknowledged { client_id, seq } => Err(ApiError::AlreadyAcknowledged { client_id, seq }),
+        SmResponse::LeaseNotFound { id } => Err(ApiError::LeaseNotFound(id)),
+        SmResponse::LeaseExists { id } => Err(ApiError::LeaseExists(id)),
         data => Ok(data),
     }
 }
