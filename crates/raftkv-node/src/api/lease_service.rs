@@ -121,15 +121,16 @@ impl LeaseService {
             other => Err(unexpected(other)),
         }
     }
+}
 
-    fn keep_alive_once(&self, id: u64) -> Result<LeaseKeepAliveResponse, ApiError> {
-        let ttl_ms = self.keeper.keep_alive(&self.core, id)?;
-        Ok(LeaseKeepAliveResponse {
-            header: Some(self.core.header()),
-            id,
-            ttl_ms,
-        })
-    }
+/// One keep-alive of lease `id`, as the answer the stream and the one-shot call both send.
+fn keep_alive(keeper: &LeaseKeeper, core: &NodeCore, id: u64) -> Result<LeaseKeepAliveResponse, ApiError> {
+    let ttl_ms = keeper.keep_alive(core, id)?;
+    Ok(LeaseKeepAliveResponse {
+        header: Some(core.header()),
+        id,
+        ttl_ms,
+    })
 }
 
 fn unexpected(resp: SmResponse) -> ApiError {
@@ -171,12 +172,8 @@ impl Lease for LeaseService {
                 let mut inbound = request.into_inner();
                 tokio::spawn(async move {
                     while let Some(Ok(r)) = inbound.next().await {
-                        let answer = match keeper.keep_alive(&core, r.id) {
-                            Ok(ttl_ms) => Ok(LeaseKeepAliveResponse {
-                                header: Some(core.header()),
-                                id: r.id,
-                                ttl_ms,
-                            }),
+                        let answer = match keep_alive(&keeper, &core, r.id) {
+                            Ok(answer) => Ok(answer),
                             // The lease is gone: say so and serve the stream's other leases.
                             Err(ApiError::LeaseNotFound(id)) => Ok(LeaseKeepAliveResponse {
                                 header: Some(core.header()),
@@ -204,7 +201,11 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
         self.calls
             .serve("KeepAliveOnce", request, |request| async move {
-                Ok(Response::new(self.keep_alive_once(request.into_inner().id)?))
+                Ok(Response::new(keep_alive(
+                    &self.keeper,
+                    &self.core,
+                    request.into_inner().id,
+                )?))
             })
             .await
     }

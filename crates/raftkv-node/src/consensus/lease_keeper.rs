@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use raftkv_store::command::{Command, Response as SmResponse};
+use raftkv_store::LeaseInfo;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -105,15 +106,22 @@ impl LeaseKeeper {
         table.revoking.remove(&id);
     }
 
-    /// Restarts lease `id`'s TTL; returns the TTL. `LeaseNotFound` when it does not exist or
-    /// has expired (its revoke may still be on the way).
-    pub fn keep_alive(&self, core: &NodeCore, id: u64) -> Result<u64, ApiError> {
+    /// On the leader, lease `id` as the state has it and this term's table — unless it does not
+    /// exist or has expired (its revoke may still be on the way): `LeaseNotFound`.
+    fn live_lease(&self, core: &NodeCore, id: u64) -> Result<(MutexGuard<'_, Table>, LeaseInfo), ApiError> {
         let term = Self::leading(core)?;
         let lease = core.store.reader().lease(id)?.ok_or(ApiError::LeaseNotFound(id))?;
-        let mut table = self.table(term);
+        let table = self.table(term);
         if table.revoking.contains_key(&id) {
             return Err(ApiError::LeaseNotFound(id));
         }
+        Ok((table, lease))
+    }
+
+    /// Restarts lease `id`'s TTL; returns the TTL. `LeaseNotFound` when it does not exist or
+    /// has expired (its revoke may still be on the way).
+    pub fn keep_alive(&self, core: &NodeCore, id: u64) -> Result<u64, ApiError> {
+        let (mut table, lease) = self.live_lease(core, id)?;
         table.deadlines.insert(
             id,
             Deadline {
@@ -126,12 +134,7 @@ impl LeaseKeeper {
 
     /// How long lease `id` has left, and the TTL it was granted with.
     pub fn time_to_live(&self, core: &NodeCore, id: u64) -> Result<(Duration, u64), ApiError> {
-        let term = Self::leading(core)?;
-        let lease = core.store.reader().lease(id)?.ok_or(ApiError::LeaseNotFound(id))?;
-        let mut table = self.table(term);
-        if table.revoking.contains_key(&id) {
-            return Err(ApiError::LeaseNotFound(id));
-        }
+        let (mut table, lease) = self.live_lease(core, id)?;
         let deadline = *table.deadlines.entry(id).or_insert(Deadline {
             at: Instant::now() + Duration::from_millis(lease.ttl_ms),
             ttl_ms: lease.ttl_ms,
