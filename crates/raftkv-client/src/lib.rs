@@ -15,15 +15,20 @@
 //! classification, data calls and degraded reads, admin calls),
 //! [`config`] (settings and the endpoint list syntax), [`breaker`] (per-endpoint circuit
 //! breakers), [`balancer`] (smooth weighted round robin), [`retry`] (backoff with jitter),
-//! `session` (numbering writes for exactly-once), [`txn`] (compares and operations for
-//! transactions), [`error`] (what a caller can get back). See docs/client.md. It is built on the public gRPC API
+//! `session` (numbering writes for exactly-once), [`coordination`] (locks with fencing tokens
+//! and leader elections, on leases), [`txn`] (compares and operations for
+//! transactions), [`registry`] (the service registry: instances on leases, discovery
+//! with weighted picks, backups and breakers), [`error`] (what a caller can get back). See docs/client.md. It is built on the public gRPC API
 //! only (raftkv-proto), never on the server's crates.
 
 pub mod balancer;
 pub mod breaker;
 pub mod client;
 pub mod config;
+pub mod coordination;
 pub mod error;
+mod prefix;
+pub mod registry;
 pub mod retry;
 mod session;
 pub mod txn;
@@ -34,6 +39,7 @@ pub use client::{
     Watcher,
 };
 pub use config::{ClientConfig, ClientTls, EndpointSpec, RetryPolicy, Token, DEFAULT_ENDPOINTS};
+pub use coordination::{Leader, LeaderObserver, Leadership, LockGuard};
 pub use error::ClientError;
 /// The backup file format (written by `raftkv backup`, read by `raftkvd restore`).
 pub use raftkv_proto::backup;

@@ -43,6 +43,7 @@ mod lease;
 mod watch;
 
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use raftkv_proto::metadata;
 use tokio::time::Instant;
@@ -80,6 +81,8 @@ struct Inner {
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     /// Where the next watch starts looking for a node: watches are spread over the endpoints.
     next_watch_endpoint: std::sync::atomic::AtomicUsize,
+    /// Clean-ups started in the background (a dropped lock's revoke), for [`Client::settle`].
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A raftkv client. Cheap to clone; clones share connections, breakers, leader knowledge and
@@ -111,6 +114,7 @@ impl Client {
                 sequence: WriteSequence::new(client_id),
                 authorization,
                 next_watch_endpoint: std::sync::atomic::AtomicUsize::new(0),
+                background: Mutex::new(Vec::new()),
                 config,
             }),
         };
@@ -127,6 +131,32 @@ impl Client {
     /// The id this client's exactly-once writes carry.
     pub fn client_id(&self) -> u64 {
         self.inner.sequence.client_id
+    }
+
+    /// Runs `cleanup` in the background (a dropped lock or leadership revoking its lease);
+    /// [`Self::settle`] waits for it.
+    pub(crate) fn spawn_cleanup(&self, cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+        // Without a runtime (the program is ending) there is nothing to run it on: a lease
+        // then simply expires after its TTL.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let handle = runtime.spawn(cleanup);
+        if let Ok(mut background) = self.inner.background.lock() {
+            background.retain(|h| !h.is_finished());
+            background.push(handle);
+        }
+    }
+
+    /// Waits (at most `timeout`) for the clean-ups started in the background to finish: call
+    /// it before a program exits, so a lock given up at the last moment is released at once
+    /// rather than when its lease expires.
+    pub async fn settle(&self, timeout: Duration) {
+        let pending: Vec<_> = match self.inner.background.lock() {
+            Ok(mut background) => background.drain(..).collect(),
+            Err(_) => return,
+        };
+        let _ = tokio::time::timeout(timeout, futures::future::join_all(pending)).await;
     }
 
     /// A request carrying this client's token, if it has one.
