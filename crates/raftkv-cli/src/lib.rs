@@ -1,5 +1,6 @@
 //! raftkv-cli: the `raftkv` command-line tool — data commands (`put`, `get`, `del`, `range`,
-//! `cas`, `txn`), cluster administration (`cluster status`, `cluster leader`, `cluster watch`)
+//! `cas`, `txn`, `watch`), leases (`lease`), locks and elections (`lock`, `elect`), cluster
+//! administration (`cluster status`, `cluster leader`, `cluster watch`)
 //! and a load
 //! generator (`bench`).
 //!
@@ -7,14 +8,20 @@
 //! `txn`, `put --if-absent`); 2 usage error or invalid argument; 3 cluster unavailable or
 //! outcome indeterminate; 4 any other server error.
 //!
-//! Module map: [`args`] (the command line), [`txn_syntax`] (the readable transaction syntax),
+//! Module map: [`args`] (the command line), [`lease`], [`coordination`] and [`service`] (leases,
+//! locks, elections, the service registry; [`interrupt`] for the commands that hold until
+//! interrupted), [`txn_syntax`] (the readable transaction syntax),
 //! [`output`] (text and JSON rendering), and this file, which runs a command.
 
 pub mod admin;
 pub mod args;
 pub mod bench;
 pub mod certs;
+pub mod coordination;
+pub mod interrupt;
+pub mod lease;
 pub mod output;
+pub mod service;
 pub mod txn_syntax;
 pub mod watch;
 pub mod watch_keys;
@@ -166,12 +173,13 @@ pub async fn run(cli: Cli) -> u8 {
             value,
             prev,
             if_absent: false,
+            lease,
         } => {
             let req = PutRequest {
                 key: key.into_bytes(),
                 value: value.into_bytes(),
                 prev_kv: prev,
-                lease: 0,
+                lease: lease.map_or(0, |l| l.0),
             };
             match client.put_request(req, None).await {
                 Ok(r) if json => print(&output::put_json(&r)),
@@ -293,6 +301,13 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(e) => bench_fail(e),
             }
         }
+        Command::Bench(args) if args.workload == bench::Workload::Lease => {
+            match bench::lease::run(&args, &cli.endpoints, &bench_client).await {
+                Ok(report) if json => print(&report.json()),
+                Ok(report) => print(&report.text()),
+                Err(e) => bench_fail(e),
+            }
+        }
         Command::Bench(args) if args.workload == bench::Workload::Watch => {
             match bench::watch::run(&args, &cli.endpoints, &bench_client).await {
                 Ok(report) if json => print(&report.json()),
@@ -371,6 +386,10 @@ pub async fn run(cli: Cli) -> u8 {
                 Err(e) => fail(e),
             }
         }
+        Command::Lease { command } => lease::run(&client, command, json).await,
+        Command::Lock { name, ttl, command } => coordination::lock(&client, &name, ttl.0, &command, json).await,
+        Command::Elect { name, value, ttl } => coordination::elect(&client, &name, value, ttl.0, json).await,
+        Command::Service { command } => service::run(&client, command, json).await,
         Command::Member { command } => admin::member(&client, command, json).await,
         Command::Backup { file, node } => admin::backup(&client, &file, node.as_deref()).await,
         Command::Cluster {

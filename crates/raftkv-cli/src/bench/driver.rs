@@ -108,6 +108,36 @@ impl WatchFeed {
     }
 }
 
+/// One lease kept alive by `bench lease`, the way each system's client does it.
+pub enum LeaseKeeper {
+    /// The client library's one-shot keep-alive, to the leader.
+    Raftkv { client: Client, id: u64 },
+    /// etcd-client's keep-alive stream for this lease.
+    #[cfg(feature = "etcd")]
+    Etcd(super::etcd::EtcdLeaseKeeper),
+}
+
+impl LeaseKeeper {
+    /// Restarts the lease's TTL once; an error if the lease is gone.
+    pub async fn keep_alive(&mut self) -> Result<(), OpError> {
+        match self {
+            LeaseKeeper::Raftkv { client, id } => {
+                let reply = client.lease_keep_alive_once(*id).await?;
+                if reply.ttl_ms == 0 {
+                    return Err(OpError {
+                        kind: "lease_lost".into(),
+                        indeterminate: false,
+                        message: format!("lease {id:x} is gone"),
+                    });
+                }
+                Ok(())
+            }
+            #[cfg(feature = "etcd")]
+            LeaseKeeper::Etcd(k) => k.keep_alive().await,
+        }
+    }
+}
+
 /// The current leader, as the failover harness needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {
@@ -201,6 +231,39 @@ impl Driver {
             }
             #[cfg(feature = "etcd")]
             Driver::Etcd(e) => Ok(WatchFeed::Etcd(e.watch_prefix(n, prefix).await?)),
+        }
+    }
+
+    /// Grants a lease of `ttl`; returns its id.
+    pub async fn lease_grant(&self, conn: usize, ttl: Duration) -> Result<u64, OpError> {
+        match self {
+            Driver::Raftkv(c) => Ok(Self::raftkv(c, conn).lease_grant(ttl).await?.id),
+            #[cfg(feature = "etcd")]
+            Driver::Etcd(e) => e.lease_grant(conn, ttl).await,
+        }
+    }
+
+    /// What keeps lease `id` alive.
+    pub async fn lease_keeper(&self, conn: usize, id: u64) -> Result<LeaseKeeper, OpError> {
+        match self {
+            Driver::Raftkv(c) => Ok(LeaseKeeper::Raftkv {
+                client: Self::raftkv(c, conn).clone(),
+                id,
+            }),
+            #[cfg(feature = "etcd")]
+            Driver::Etcd(e) => Ok(LeaseKeeper::Etcd(e.lease_keeper(conn, id).await?)),
+        }
+    }
+
+    /// Revokes lease `id`.
+    pub async fn lease_revoke(&self, conn: usize, id: u64) -> Result<(), OpError> {
+        match self {
+            Driver::Raftkv(c) => {
+                Self::raftkv(c, conn).lease_revoke(id).await?;
+                Ok(())
+            }
+            #[cfg(feature = "etcd")]
+            Driver::Etcd(e) => e.lease_revoke(conn, id).await,
         }
     }
 

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
-    WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchStream,
 };
 
 use super::driver::{CasOutcome, Leader, OpError};
@@ -153,6 +153,35 @@ impl EtcdDriver {
         Ok(EtcdWatch { stream })
     }
 
+    /// Grants a lease of `ttl` (etcd counts TTLs in whole seconds) through the leader.
+    pub async fn lease_grant(&self, conn: usize, ttl: Duration) -> Result<u64, OpError> {
+        let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let reply = self
+            .writer(conn)
+            .lease_grant(seconds, None)
+            .await
+            .map_err(|e| error(e, true))?;
+        Ok(reply.id() as u64)
+    }
+
+    /// Opens lease `id`'s keep-alive stream, as etcd-client's users do.
+    pub async fn lease_keeper(&self, conn: usize, id: u64) -> Result<EtcdLeaseKeeper, OpError> {
+        let (keeper, stream) = self
+            .writer(conn)
+            .lease_keep_alive(id as i64)
+            .await
+            .map_err(|e| error(e, false))?;
+        Ok(EtcdLeaseKeeper { keeper, stream })
+    }
+
+    pub async fn lease_revoke(&self, conn: usize, id: u64) -> Result<(), OpError> {
+        self.writer(conn)
+            .lease_revoke(id as i64)
+            .await
+            .map(|_| ())
+            .map_err(|e| error(e, true))
+    }
+
     pub async fn put(&self, conn: usize, key: &[u8], value: &[u8]) -> Result<(), OpError> {
         self.writer(conn)
             .put(key, value, None)
@@ -250,6 +279,31 @@ impl EtcdDriver {
             indeterminate: false,
             message: "no etcd member answered a status call".into(),
         })
+    }
+}
+
+/// One lease's keep-alive stream: a keep-alive is a request on it and the answer to it.
+pub struct EtcdLeaseKeeper {
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+impl EtcdLeaseKeeper {
+    pub async fn keep_alive(&mut self) -> Result<(), OpError> {
+        self.keeper.keep_alive().await.map_err(|e| error(e, false))?;
+        match self.stream.message().await.map_err(|e| error(e, false))? {
+            Some(reply) if reply.ttl() > 0 => Ok(()),
+            Some(_) => Err(OpError {
+                kind: "lease_lost".into(),
+                indeterminate: false,
+                message: format!("etcd lease {:x} is gone", self.keeper.id()),
+            }),
+            None => Err(OpError {
+                kind: "keep_alive_closed".into(),
+                indeterminate: false,
+                message: "etcd closed the keep-alive stream".into(),
+            }),
+        }
     }
 }
 

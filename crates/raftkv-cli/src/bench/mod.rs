@@ -2,7 +2,8 @@
 //!
 //! Workloads: `put` (random keys), `get` (random existing keys, at the chosen consistency),
 //! `mixed` (`--read-ratio` of gets), `txn` (compare-and-swap on counters), and `failover`
-//! (writes while the leader is killed, see [`failover`]). `--clients` requests are in flight at
+//! (writes while the leader is killed, see [`failover`]), `watch` (events to many watchers, see
+//! [`watch`]) and `lease` (many leases kept alive, see [`lease`]). `--clients` requests are in flight at
 //! once, spread over `--connections` independent clients. The run lasts `--duration` or
 //! `--total` operations, after a `--warmup` that is run but not measured. Latencies go into HDR
 //! histograms (microsecond precision). The generator reports the CPU it used itself, so a
@@ -16,6 +17,7 @@ pub mod driver;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod failover;
+pub mod lease;
 pub mod report;
 pub mod table;
 pub mod watch;
@@ -49,6 +51,9 @@ pub enum Workload {
     /// `--watchers` watchers of the key prefix while `--clients` writers put: events
     /// delivered per second and the delay from a put's start to each event.
     Watch,
+    /// `--leases` leases of `--ttl`, each kept alive every third of its TTL: keep-alives per
+    /// second, their latency, and elections during the run.
+    Lease,
 }
 
 impl Workload {
@@ -60,6 +65,7 @@ impl Workload {
             Workload::Txn => "txn",
             Workload::Failover => "failover",
             Workload::Watch => "watch",
+            Workload::Lease => "lease",
         }
     }
 }
@@ -127,6 +133,12 @@ pub struct BenchArgs {
     /// watch: how many watchers follow the key prefix (spread over the nodes).
     #[arg(long, default_value_t = 100)]
     pub watchers: usize,
+    /// lease: how many leases to keep alive.
+    #[arg(long, default_value_t = 10_000)]
+    pub leases: usize,
+    /// lease: the leases' time-to-live (each is kept alive every third of it).
+    #[arg(long, default_value = "15s")]
+    pub ttl: DurationArg,
     /// failover: how many times to kill the leader.
     #[arg(long, default_value_t = 5)]
     pub kills: u32,
@@ -157,6 +169,9 @@ impl BenchArgs {
         }
         if self.total == Some(0) {
             return Err("--total must be at least 1".into());
+        }
+        if self.workload == Workload::Lease && self.leases == 0 {
+            return Err("--leases must be at least 1".into());
         }
         if self.workload == Workload::Watch && self.watchers == 0 {
             return Err("--watchers must be at least 1".into());
@@ -372,7 +387,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
     let preloaded = match args.workload {
         Workload::Get | Workload::Mixed => preload(&driver, &keys, &value, 16).await.map(|_| true)?,
         Workload::Txn => preload(&driver, &keys, b"0", 16).await.map(|_| true)?,
-        Workload::Put | Workload::Failover | Workload::Watch => false,
+        Workload::Put | Workload::Failover | Workload::Watch | Workload::Lease => false,
     };
     if preloaded {
         // Writing the whole key space sets off background work (etcd snapshots its log every

@@ -75,6 +75,9 @@ impl BenchReport {
         if let Some(w) = self.watchers {
             label.push_str(&format!(" {w} watchers"));
         }
+        if self.workload == "lease" {
+            label.push_str(&format!(" {} leases", self.keys));
+        }
         label
     }
 

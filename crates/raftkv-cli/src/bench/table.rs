@@ -48,7 +48,7 @@ fn median(values: &[f64]) -> Option<f64> {
 }
 
 fn workload_order(workload: &str) -> usize {
-    ["put", "get", "mixed", "txn", "watch", "failover"]
+    ["put", "get", "mixed", "txn", "watch", "lease", "failover"]
         .iter()
         .position(|w| *w == workload)
         .unwrap_or(usize::MAX)
