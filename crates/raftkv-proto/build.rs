@@ -16,5 +16,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("raftkv_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure().compile_fds(fds)?;
+
+    // etcd's v3 API (packages etcdserverpb, mvccpb, authpb), served on a node's second port.
+    let etcd_root = root.join("etcd");
+    let etcd_files = ["etcdserverpb/rpc.proto", "mvccpb/kv.proto", "authpb/auth.proto"];
+    for f in &etcd_files {
+        println!("cargo:rerun-if-changed={}", etcd_root.join(f).display());
+    }
+    let etcd_fds = protox::compile(etcd_files, [&etcd_root])?;
+    std::fs::write(
+        out.join("etcd_descriptor.bin"),
+        prost::Message::encode_to_vec(&etcd_fds),
+    )?;
+    tonic_prost_build::configure().compile_fds(etcd_fds)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Generated gRPC code for raftkv.
 //!
 //! `raftkv.v1` holds both the public API (`KV`, `Cluster`) and the internal node-to-node API
-//! (`RaftPeer`); [`backup`] is the backup file format built on it. This crate depends on
+//! (`RaftPeer`); [`backup`] is the backup file format built on it; [`etcd`] is etcd's v3 API. This crate depends on
 //! nothing of ours; everything else builds on it.
 
 #[allow(clippy::all, missing_docs)]
@@ -10,6 +10,24 @@ pub mod v1 {
 }
 
 pub mod backup;
+
+/// etcd's v3 API on the wire (proto/etcd/: written for raftkv, names and numbers as etcd 3.5's),
+/// which a node serves on its second client port so etcd's clients and tools work unchanged.
+#[allow(clippy::all, missing_docs)]
+pub mod etcd {
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+
+    /// The encoded `FileDescriptorSet` of the etcd protos, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("etcd_descriptor");
+}
 
 /// The encoded `FileDescriptorSet` of raftkv's protos, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("raftkv_descriptor");
