@@ -10,19 +10,20 @@
 //! | [`api`] | the public gRPC services, request validation and conversion, API limits, the one `ApiError` → gRPC mapping | RPC or public service (watch, leases) |
 //! | [`admission`] | the client gate: tokens and roles, call slots, request sizes, the disk-space guard | limit or kind of refusal |
 //! | [`consensus`] | `NodeCore` (write path, read barrier), write batching, read index, membership, removal, election assist, the peer transport | Raft mechanism, peer RPC, lease expiry |
+//! | [`etcd`] | etcd's v3 API on the second client port (`--etcd-addr`): each call translated into the native path and back | etcd RPC or option |
 //! | [`ops`] | Prometheus metrics, health, the `/metrics` `/healthz` `/readyz` endpoints | metric or health condition |
 //!
 //! Dependency direction between rooms (an arrow is "may use"): boot → everything;
 //! api → consensus, ops::metrics; admission → ops::metrics; ops → consensus, admission;
-//! consensus → admission::disk_guard. Two leaves every room may use: `api::error` (the answers
+//! consensus → admission::disk_guard; etcd → api, consensus. Two leaves every room may use: `api::error` (the answers
 //! clients get) and `ops::metrics` (a sink that reads nothing). No file imports one that
-//! imports it back (tests/layout.rs checks it). An etcd-compatible API will be a room of its
-//! own beside `api`, sharing `consensus`.
+//! imports it back (tests/layout.rs checks it).
 
 pub mod admission;
 pub mod api;
 pub mod boot;
 pub mod consensus;
+pub mod etcd;
 pub mod ops;
 
 pub use boot::config::{InitialCluster, NodeConfig};

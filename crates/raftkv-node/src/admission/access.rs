@@ -66,6 +66,9 @@ pub fn required_role(rpc: &str) -> Role {
     match rpc {
         "Get" | "Range" | "Watch" | "Status" | "ListMembers" | "TimeToLive" | "Leases" => Role::Read,
         "Put" | "Delete" | "Txn" | "Grant" | "Revoke" | "KeepAlive" | "KeepAliveOnce" => Role::ReadWrite,
+        // etcd's v3 API (the etcd port), same rules.
+        "MemberList" | "LeaseTimeToLive" | "LeaseLeases" | "Alarm" => Role::Read,
+        "DeleteRange" | "LeaseGrant" | "LeaseRevoke" | "LeaseKeepAlive" => Role::ReadWrite,
         _ => Role::Admin,
     }
 }

@@ -30,6 +30,8 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 pub struct ClusterService {
     core: NodeCore,
     calls: ApiCalls,
+    /// Where this node serves etcd's v3 API, if it does (reported by Status).
+    etcd_addr: Option<String>,
 }
 
 impl ClusterService {
@@ -37,7 +39,14 @@ impl ClusterService {
         Self {
             core: calls.core().clone(),
             calls,
+            etcd_addr: None,
         }
+    }
+
+    /// Reports `addr` as this node's etcd API address in Status.
+    pub fn with_etcd_addr(mut self, addr: Option<String>) -> Self {
+        self.etcd_addr = addr;
+        self
     }
 }
 
@@ -242,6 +251,7 @@ impl Cluster for ClusterService {
                     leadership_confirmations: core.read_path.confirm.rounds(),
                     disk_free_bytes: core.disk.free_bytes(),
                     disk_space_alarm: core.disk.alarm(),
+                    etcd_addr: self.etcd_addr.clone().unwrap_or_default(),
                 }))
             })
             .await

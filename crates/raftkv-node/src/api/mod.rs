@@ -15,8 +15,8 @@
 //! `ops::metrics` (to time calls). [`error`] is the one leaf every room may use: it is the
 //! vocabulary all of them answer clients in.
 //! A new RPC of the native API gets a handler in its service file and a validator in
-//! [`request`]; a new public service (watch, leases) gets a file of its own here. A second,
-//! etcd-compatible API is a room of its own beside this one, sharing `consensus`.
+//! [`request`]; a new public service (watch, leases) gets a file of its own here. etcd's v3 API
+//! is the `etcd` room beside this one: it translates into these services' path and back.
 
 pub mod call;
 pub mod cluster_service;

@@ -235,6 +235,12 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTKV_METRICS_ADDR", default_value = "127.0.0.1:7201")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Also serve etcd's v3 API on this address, so etcd's clients and tools (etcdctl, the
+    /// official client libraries) work against this node (off unless given; port 0: any free
+    /// port). docs/etcd-compat.md lists what it covers.
+    #[arg(long, env = "RAFTKV_ETCD_ADDR")]
+    pub etcd_addr: Option<SocketAddr>,
+
     /// Reach a peer through another address than the membership's: `ID=HOST:PORT`; repeat or
     /// separate with commas.
     #[arg(long = "peer-route", env = "RAFTKV_PEER_ROUTES", value_delimiter = ',')]
@@ -340,6 +346,7 @@ impl NodeConfig {
             cache_mb: 64,
             wal_segment_mb: 16,
             metrics_addr: None,
+            etcd_addr: None,
             peer_routes: Vec::new(),
             join: Vec::new(),
             join_token: None,
@@ -387,8 +394,13 @@ impl NodeConfig {
         if self.client_addr == self.peer_addr && self.client_addr.port() != 0 {
             return Err(ConfigError::SameAddr(self.client_addr));
         }
-        if let Some(m) = self.metrics_addr {
+        for m in [self.metrics_addr, self.etcd_addr].into_iter().flatten() {
             if m.port() != 0 && (m == self.client_addr || m == self.peer_addr) {
+                return Err(ConfigError::SameAddr(m));
+            }
+        }
+        if let (Some(m), Some(e)) = (self.metrics_addr, self.etcd_addr) {
+            if m == e && m.port() != 0 {
                 return Err(ConfigError::SameAddr(m));
             }
         }

@@ -21,6 +21,10 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
+use raftkv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
+use raftkv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use raftkv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer;
+
 use crate::admission::access::{AccessControl, Admission};
 use crate::admission::disk_guard::DiskGuard;
 use crate::admission::gate::{ClientGate, GateConfig};
@@ -46,6 +50,8 @@ use crate::consensus::transport::network::{
 };
 use crate::consensus::transport::peer_service::PeerService;
 use crate::consensus::write_batcher::WriteBatcher;
+use crate::etcd::kv::EtcdKv;
+use crate::etcd::maintenance::EtcdMaintenance;
 use crate::ops::health::{self, HealthState};
 use crate::ops::http;
 use crate::ops::metrics::NodeMetrics;
@@ -70,6 +76,8 @@ pub struct RunningNode {
     pub peer_addr: SocketAddr,
     /// Where /metrics, /healthz and /readyz are served, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where etcd's v3 API is served, when `--etcd-addr` was given.
+    pub etcd_addr: Option<SocketAddr>,
     /// Test hook to cut this node's outgoing peer links.
     pub faults: LinkFaults,
     /// The node's current health verdict.
@@ -170,6 +178,10 @@ impl RunningNode {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let etcd_listener = match config.etcd_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
 
         let me = Sender {
             id: config.id,
@@ -267,7 +279,35 @@ impl RunningNode {
             gate.clone(),
             4 * 1024 * 1024,
         );
-        let cluster = ClientGate::new(ClusterServer::new(ClusterService::new(calls)), gate, 4 * 1024 * 1024);
+        let etcd_kv = ClientGate::new(
+            EtcdKvServer::new(EtcdKv::new(calls.clone(), tls.client_server.is_none()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+            gate.clone(),
+            MAX_CLIENT_MESSAGE_BYTES,
+        );
+        let etcd_bound = match &etcd_listener {
+            Some(l) => Some(l.local_addr().map_err(|e| StartupError::Io(e.to_string()))?.to_string()),
+            None => None,
+        };
+        let etcd_maintenance = Arc::new(EtcdMaintenance::new(
+            ClusterService::new(calls.clone()).with_etcd_addr(etcd_bound.clone()),
+            etcd_bound.clone().unwrap_or_default(),
+        ));
+        let etcd_maintenance_server = ClientGate::new(
+            MaintenanceServer::from_arc(etcd_maintenance.clone()),
+            gate.clone(),
+            4 * 1024 * 1024,
+        );
+        let etcd_cluster_server = ClientGate::new(
+            EtcdClusterServer::from_arc(etcd_maintenance),
+            gate.clone(),
+            4 * 1024 * 1024,
+        );
+        let cluster = ClientGate::new(
+            ClusterServer::new(ClusterService::new(calls).with_etcd_addr(etcd_bound)),
+            gate,
+            4 * 1024 * 1024,
+        );
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(raftkv_proto::FILE_DESCRIPTOR_SET)
@@ -307,6 +347,25 @@ impl RunningNode {
                 shutdown_rx.clone(),
             ),
         ];
+        let etcd_addr = match etcd_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(|e| StartupError::Io(e.to_string()))?;
+                background.push(spawn_server(
+                    "etcd",
+                    with_tls(Server::builder(), &tls.client_server, "etcd")?
+                        .timeout(config.request_timeout())
+                        .concurrency_limit_per_connection(config.max_calls_per_connection)
+                        .load_shed(true)
+                        .add_service(etcd_kv)
+                        .add_service(etcd_maintenance_server)
+                        .add_service(etcd_cluster_server),
+                    listener,
+                    shutdown_rx.clone(),
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
         let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let addr = listener.local_addr().map_err(|e| StartupError::Io(e.to_string()))?;
@@ -321,6 +380,7 @@ impl RunningNode {
             %client_addr,
             %peer_addr,
             metrics_addr = ?metrics_addr,
+            etcd_addr = ?etcd_addr,
             data_dir = %config.data_dir.display(),
             "node started"
         );
@@ -331,6 +391,7 @@ impl RunningNode {
             client_addr,
             peer_addr,
             metrics_addr,
+            etcd_addr,
             faults,
             health,
             fatal,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use super::history::{HistoryError, HistoryRead};
 use super::layout::{
-    data_key, lease_id_after, lease_key, lease_keys_prefix, read_record, LeaseRecord, StoredValue, DATA_PREFIX,
-    KEY_REMOVED_IDS, LEASE_PREFIX,
+    data_key, key_lease_key, lease_id_after, lease_key, lease_keys_prefix, read_record, LeaseRecord, StoredValue,
+    DATA_PREFIX, KEY_REMOVED_IDS, LEASE_PREFIX,
 };
 use super::Shared;
 use crate::codec;
@@ -190,6 +190,12 @@ impl StateReader {
             });
         }
         Ok(out)
+    }
+
+    /// The lease `key` is attached to (0: none).
+    pub fn lease_of(&self, key: &[u8]) -> Result<u64, StoreError> {
+        let state = self.shared.state();
+        Ok(read_record::<u64>(&state.tree, &key_lease_key(key))?.unwrap_or(0))
     }
 
     /// The keys attached to lease `id`, in key order (empty for a lease that does not exist).

@@ -1,0 +1,211 @@
+//! `etcdserverpb.Maintenance` and `etcdserverpb.Cluster` on the etcd port: Status, Alarm,
+//! Defragment and MemberList, answered from the native Cluster service's Status; the rest
+//! refused with `UNIMPLEMENTED` naming it (membership changes go through `raftkv member`).
+
+use std::time::Duration;
+
+use raftkv_proto::etcd::etcdserverpb::cluster_server::Cluster as EtcdCluster;
+use raftkv_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
+use raftkv_proto::etcd::etcdserverpb::{
+    alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member,
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest as EtcdStatusRequest,
+    StatusResponse as EtcdStatusResponse,
+};
+use raftkv_proto::v1::cluster_client::ClusterClient;
+use raftkv_proto::v1::cluster_server::Cluster;
+use raftkv_proto::v1::{ListMembersRequest, Role, StatusRequest, StatusResponse};
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status};
+
+use crate::api::cluster_service::ClusterService;
+use crate::etcd::convert;
+
+/// The etcd API version raftkv's etcd port speaks (what `etcdctl endpoint status` shows).
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// How long MemberList waits for another member to say where its etcd port is.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// etcd's Maintenance and Cluster services over the native Cluster service.
+pub struct EtcdMaintenance {
+    native: ClusterService,
+    etcd_addr: String,
+}
+
+impl EtcdMaintenance {
+    pub fn new(native: ClusterService, etcd_addr: String) -> Self {
+        Self { native, etcd_addr }
+    }
+
+    async fn status(&self) -> Result<StatusResponse, Status> {
+        Ok(self.native.status(Request::new(StatusRequest {})).await?.into_inner())
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "raftkv's etcd API does not support {what} (see docs/etcd-compat.md)"
+    ))
+}
+
+fn url(addr: &str) -> String {
+    format!("http://{addr}")
+}
+
+/// Another member's etcd address, from its native Status (empty when it cannot be had).
+async fn etcd_addr_of(client_addr: &str) -> String {
+    let Ok(endpoint) = Endpoint::from_shared(url(client_addr)) else {
+        return String::new();
+    };
+    let endpoint = endpoint
+        .connect_timeout(PEER_STATUS_TIMEOUT)
+        .timeout(PEER_STATUS_TIMEOUT);
+    match ClusterClient::new(endpoint.connect_lazy())
+        .status(StatusRequest {})
+        .await
+    {
+        Ok(r) => r.into_inner().etcd_addr,
+        Err(_) => String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for EtcdMaintenance {
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let r = request.into_inner();
+        if r.action != alarm_request::AlarmAction::Get as i32 {
+            return Err(unimplemented(
+                "activating or clearing alarms (raftkv raises and clears its disk-space alarm itself)",
+            ));
+        }
+        let status = self.status().await?;
+        let alarms = if status.disk_space_alarm {
+            vec![AlarmMember {
+                member_id: status.id,
+                alarm: AlarmType::Nospace as i32,
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(AlarmResponse {
+            header: convert::header(status.header),
+            alarms,
+        }))
+    }
+
+    async fn status(&self, _request: Request<EtcdStatusRequest>) -> Result<Response<EtcdStatusResponse>, Status> {
+        let s = self.status().await?;
+        let mut errors = Vec::new();
+        if s.disk_space_alarm {
+            errors.push("memberID:{} alarm:NOSPACE".replace("{}", &s.id.to_string()));
+        }
+        let db_size = i64::try_from(s.db_size_bytes).unwrap_or(i64::MAX);
+        Ok(Response::new(EtcdStatusResponse {
+            header: convert::header(s.header),
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: s.leader_id,
+            raft_index: s.committed_index,
+            raft_term: s.term,
+            raft_applied_index: s.applied_index,
+            errors,
+            db_size_in_use: db_size,
+            is_learner: s.role == Role::Learner as i32,
+        }))
+    }
+
+    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        // Nothing to do: the state machine reclaims space as it goes. Answered as done, and
+        // logged, so scripts that defragment on a schedule keep working.
+        tracing::info!("etcd Defragment: nothing to do, raftkv's storage needs no defragmentation");
+        let s = self.status().await?;
+        Ok(Response::new(DefragmentResponse {
+            header: convert::header(s.header),
+        }))
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(unimplemented("Hash"))
+    }
+
+    async fn hash_kv(&self, _request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Err(unimplemented("HashKV"))
+    }
+
+    type SnapshotStream = futures::stream::Empty<Result<SnapshotResponse, Status>>;
+
+    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Snapshot (use `raftkv backup`)"))
+    }
+
+    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader (use `raftkv cluster transfer-leader`)"))
+    }
+
+    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        Err(unimplemented("Downgrade"))
+    }
+}
+
+#[tonic::async_trait]
+impl EtcdCluster for EtcdMaintenance {
+    async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        let listed = self
+            .native
+            .list_members(Request::new(ListMembersRequest {}))
+            .await?
+            .into_inner();
+        let me = self.status().await?.id;
+        let mut members = Vec::with_capacity(listed.members.len());
+        for m in listed.members {
+            let etcd_addr = if m.id == me {
+                self.etcd_addr.clone()
+            } else {
+                etcd_addr_of(&m.client_addr).await
+            };
+            members.push(Member {
+                id: m.id,
+                name: format!("node{}", m.id),
+                peer_ur_ls: vec![url(&m.peer_addr)],
+                client_ur_ls: if etcd_addr.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![url(&etcd_addr)]
+                },
+                is_learner: !m.voter,
+            });
+        }
+        Ok(Response::new(MemberListResponse {
+            header: convert::header(listed.header),
+            members,
+        }))
+    }
+
+    async fn member_add(&self, _request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        Err(unimplemented("MemberAdd (use `raftkv member add`)"))
+    }
+
+    async fn member_remove(
+        &self,
+        _request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Err(unimplemented("MemberRemove (use `raftkv member remove`)"))
+    }
+
+    async fn member_update(
+        &self,
+        _request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(unimplemented("MemberUpdate"))
+    }
+
+    async fn member_promote(
+        &self,
+        _request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Err(unimplemented("MemberPromote (use `raftkv member promote`)"))
+    }
+}
