@@ -19,8 +19,10 @@
 #   scripts/cluster.sh down        stop every node
 #   scripts/cluster.sh clean       stop every node and delete all data and logs
 #
-# Ports: node N serves clients on 7000+N, peers on 7100+N and metrics on 7200+N. Override with
-# RAFTKV_CLIENT_PORT_BASE, RAFTKV_PEER_PORT_BASE, RAFTKV_METRICS_PORT_BASE (node N uses BASE+N). RAFTKV_NODES sets the node count (3).
+# Ports: node N serves clients on 7000+N, peers on 7100+N, metrics on 7200+N and etcd's v3 API
+# on 7300+N. Override with RAFTKV_CLIENT_PORT_BASE, RAFTKV_PEER_PORT_BASE,
+# RAFTKV_METRICS_PORT_BASE, RAFTKV_ETCD_PORT_BASE (node N uses BASE+N; RAFTKV_ETCD_PORT_BASE=off
+# serves no etcd API). RAFTKV_NODES sets the node count (3).
 # Data, logs and PID files live in .cluster/ at the top of the checkout (git-ignored), or in
 # RAFTKV_CLUSTER_DIR. Extra raftkvd flags can be passed in RAFTKV_NODE_FLAGS. RAFTKV_BIN_DIR runs
 # binaries from that directory instead of building target/release.
@@ -32,6 +34,7 @@ NODES="${RAFTKV_NODES:-3}"
 CLIENT_BASE="${RAFTKV_CLIENT_PORT_BASE:-7000}"
 PEER_BASE="${RAFTKV_PEER_PORT_BASE:-7100}"
 METRICS_BASE="${RAFTKV_METRICS_PORT_BASE:-7200}"
+ETCD_BASE="${RAFTKV_ETCD_PORT_BASE:-7300}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 # RAFTKV_BIN_DIR points at already-built binaries (the tests use the debug ones) and skips the build.
 BIN="${RAFTKV_BIN_DIR:-$TARGET_DIR/release}"
@@ -130,6 +133,13 @@ start_node() {
   port_taken "$cp" && die "port $cp (node $n client API) is already in use; stop what listens there or set RAFTKV_CLIENT_PORT_BASE"
   port_taken "$pp" && die "port $pp (node $n peer API) is already in use; stop what listens there or set RAFTKV_PEER_PORT_BASE"
   port_taken "$mp" && die "port $mp (node $n metrics) is already in use; stop what listens there or set RAFTKV_METRICS_PORT_BASE"
+  local etcd=() etcd_note=""
+  if [[ "$ETCD_BASE" != off ]]; then
+    local ep=$((ETCD_BASE + n))
+    port_taken "$ep" && die "port $ep (node $n etcd API) is already in use; stop what listens there or set RAFTKV_ETCD_PORT_BASE (or =off)"
+    etcd=(--etcd-addr "127.0.0.1:$ep")
+    etcd_note=", etcd API 127.0.0.1:$ep"
+  fi
   mkdir -p "$DIR"
   # The initial members get the initial cluster (ignored on restart); added nodes join.
   # (die inside $(...) would only end the subshell)
@@ -140,10 +150,10 @@ start_node() {
   # shellcheck disable=SC2086
   nohup "$RAFTKVD" --id "$n" --data-dir "$DIR/node$n" \
     --client-addr "127.0.0.1:$cp" --peer-addr "127.0.0.1:$pp" --metrics-addr "127.0.0.1:$mp" \
-    "${membership[@]}" $tls ${RAFTKV_NODE_FLAGS:-} \
+    "${membership[@]}" "${etcd[@]}" $tls ${RAFTKV_NODE_FLAGS:-} \
     >>"$(logfile "$n")" 2>&1 </dev/null &
   echo $! >"$(pidfile "$n")"
-  echo "node $n started (pid $!, client 127.0.0.1:$cp, peer 127.0.0.1:$pp, metrics http://127.0.0.1:$mp/metrics)"
+  echo "node $n started (pid $!, client 127.0.0.1:$cp, peer 127.0.0.1:$pp, metrics http://127.0.0.1:$mp/metrics$etcd_note)"
 }
 
 signal_node() {

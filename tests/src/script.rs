@@ -13,6 +13,8 @@ pub struct Script {
     client_base: u16,
     peer_base: u16,
     metrics_base: u16,
+    /// Where the nodes serve etcd's v3 API (node N on base + N).
+    etcd_base: u16,
     bin_dir: PathBuf,
 }
 
@@ -20,8 +22,9 @@ impl Script {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         let bin_dir = workspace_binary("raftkvd").parent().expect("bin dir").to_path_buf();
-        let [client_base, peer_base, metrics_base] = free_port_bases();
+        let [client_base, peer_base, metrics_base, etcd_base] = free_port_bases();
         Self {
+            etcd_base,
             dir: tempfile::tempdir().expect("temp dir"),
             client_base,
             peer_base,
@@ -44,6 +47,7 @@ impl Script {
             ("RAFTKV_CLIENT_PORT_BASE", self.client_base.to_string()),
             ("RAFTKV_PEER_PORT_BASE", self.peer_base.to_string()),
             ("RAFTKV_METRICS_PORT_BASE", self.metrics_base.to_string()),
+            ("RAFTKV_ETCD_PORT_BASE", self.etcd_base.to_string()),
         ]
     }
 
@@ -101,9 +105,9 @@ impl Drop for Script {
 
 /// Three blocks of free ports (client, peer, metrics): `scripts/cluster.sh` gives node `i` the
 /// port `base + i`, and the tests grow the cluster to at most five nodes.
-fn free_port_bases() -> [u16; 3] {
+fn free_port_bases() -> [u16; 4] {
     let block = || crate::free_ports(5)[0] - 1;
-    [block(), block(), block()]
+    [block(), block(), block(), block()]
 }
 
 /// stdout and stderr of a finished command, for assertion messages.
