@@ -125,7 +125,7 @@ impl Command {
                         | TxnOp::Delete { key, .. }
                         | TxnOp::Get { key }
                         | TxnOp::PutLeased { key, .. } => keys.push(key),
-                        TxnOp::DeleteRange { .. } => return None,
+                        TxnOp::DeleteRange { .. } | TxnOp::Range { .. } => return None,
                     }
                 }
                 Some(keys)
@@ -220,14 +220,32 @@ pub enum TxnOp {
         prev_kv: bool,
         lease: u64,
     },
+    /// Reads every key in `[start, end)` (`end` None: to the last key), as the transaction
+    /// sees them at this point (last, for decoding older logs).
+    Range {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        end: Option<serde_bytes::ByteBuf>,
+    },
 }
 
 /// What one transaction operation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOpResult {
-    Put { prev_kv: Option<KeyValue> },
-    Delete { deleted: u64, prev_kvs: Vec<KeyValue> },
-    Get { kv: Option<KeyValue> },
+    Put {
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
+    Get {
+        kv: Option<KeyValue>,
+    },
+    /// The key-values a [`TxnOp::Range`] read, in key order (last, for decoding older records).
+    Range {
+        kvs: Vec<KeyValue>,
+    },
 }
 
 impl Request {

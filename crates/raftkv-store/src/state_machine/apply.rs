@@ -449,6 +449,13 @@ impl<'a> BatchApplier<'a> {
                 TxnOpResult::Delete { deleted, prev_kvs }
             }
             TxnOp::Get { key } => TxnOpResult::Get { kv: self.get(&key)? },
+            TxnOp::Range { start, end } => {
+                let mut kvs = Vec::new();
+                for key in self.keys_in_range(&start, end.as_deref().map(|e| e.as_slice()))? {
+                    kvs.extend(self.get(&key)?);
+                }
+                TxnOpResult::Range { kvs }
+            }
             TxnOp::PutLeased {
                 key,
                 value,
