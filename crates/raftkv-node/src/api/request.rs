@@ -331,6 +331,11 @@ pub fn txn_op_response(revision: u64, result: TxnOpResult) -> TxnOpResponse {
             header: None,
             kv: kv.map(to_pb),
         }),
+        // Only etcd's API builds range reads (`TxnOp::Range`); the native one never gets this.
+        TxnOpResult::Range { kvs } => txn_op_response::Response::Get(GetResponse {
+            header: None,
+            kv: kvs.into_iter().next().map(to_pb),
+        }),
     };
     TxnOpResponse {
         response: Some(response),

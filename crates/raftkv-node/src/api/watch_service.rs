@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use raftkv_proto::v1::watch_request::Request as WatchOp;
 use raftkv_proto::v1::watch_server::Watch;
 use raftkv_proto::v1::{event, Event as PbEvent, WatchCreateRequest, WatchRequest, WatchResponse};
@@ -44,7 +44,7 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Most watches one stream may hold.
 pub const MAX_WATCHES_PER_STREAM: usize = 4096;
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
 pub struct WatchService {
     core: NodeCore,
@@ -69,19 +69,29 @@ impl Watch for WatchService {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
         self.calls
             .serve("Watch", request, |request| async move {
-                let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-                let session = WatchSession {
-                    core: self.core.clone(),
-                    reader: self.core.store.reader().clone(),
-                    inbound: request.into_inner(),
-                    tx,
-                    watches: BTreeMap::new(),
-                };
-                tokio::spawn(session.run(self.shutdown.clone()));
-                let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-                Ok(Response::new(Box::pin(stream) as WatchStream))
+                Ok(Response::new(self.open(Box::pin(request.into_inner()))))
             })
             .await
+    }
+}
+
+/// The requests of one watch stream, from gRPC or from another API translated (etcd's).
+pub type Inbound = Pin<Box<dyn Stream<Item = Result<WatchRequest, Status>> + Send + Sync>>;
+
+impl WatchService {
+    /// Starts a session serving the watch requests of `inbound`; returns its responses.
+    pub fn open(&self, inbound: Inbound) -> WatchStream {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let session = WatchSession {
+            core: self.core.clone(),
+            reader: self.core.store.reader().clone(),
+            inbound,
+            tx,
+            watches: BTreeMap::new(),
+        };
+        tokio::spawn(session.run(self.shutdown.clone()));
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+        Box::pin(stream)
     }
 }
 
@@ -199,7 +209,7 @@ fn new_watch(c: &WatchCreateRequest, reader: &StateReader, this: u64) -> Result<
 struct WatchSession {
     core: NodeCore,
     reader: StateReader,
-    inbound: Streaming<WatchRequest>,
+    inbound: Inbound,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watches: BTreeMap<u64, WatchState>,
 }
@@ -219,9 +229,9 @@ impl WatchSession {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             let step = tokio::select! {
-                message = self.inbound.message() => match message {
-                    Ok(Some(request)) => self.handle(request).await,
-                    Ok(None) | Err(_) => Err(End::Quietly),
+                message = self.inbound.next() => match message {
+                    Some(Ok(request)) => self.handle(request).await,
+                    None | Some(Err(_)) => Err(End::Quietly),
                 },
                 changed = revisions.changed() => match changed {
                     Ok(()) => self.pump().await,

@@ -23,7 +23,9 @@ use tonic::transport::{Server, ServerTlsConfig};
 
 use raftkv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use raftkv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use raftkv_proto::etcd::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
 use raftkv_proto::etcd::etcdserverpb::maintenance_server::MaintenanceServer;
+use raftkv_proto::etcd::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 
 use crate::admission::access::{AccessControl, Admission};
 use crate::admission::disk_guard::DiskGuard;
@@ -50,8 +52,11 @@ use crate::consensus::transport::network::{
 };
 use crate::consensus::transport::peer_service::PeerService;
 use crate::consensus::write_batcher::WriteBatcher;
+use crate::etcd::forward::LeaderForwarder;
 use crate::etcd::kv::EtcdKv;
+use crate::etcd::lease::EtcdLease;
 use crate::etcd::maintenance::EtcdMaintenance;
+use crate::etcd::watch::EtcdWatch;
 use crate::ops::health::{self, HealthState};
 use crate::ops::http;
 use crate::ops::metrics::NodeMetrics;
@@ -289,6 +294,23 @@ impl RunningNode {
             Some(l) => Some(l.local_addr().map_err(|e| StartupError::Io(e.to_string()))?.to_string()),
             None => None,
         };
+        let etcd_lease = ClientGate::new(
+            EtcdLeaseServer::new(EtcdLease::new(
+                LeaseService::new(calls.clone(), lease_keeper.clone(), config.min_lease_ttl_ms()),
+                Arc::new(LeaderForwarder::new(tls.client_server.is_none())),
+                config.min_lease_ttl_ms(),
+            )),
+            gate.clone(),
+            4 * 1024 * 1024,
+        );
+        let etcd_watch = ClientGate::new(
+            EtcdWatchServer::new(EtcdWatch::new(
+                calls.clone(),
+                WatchService::new(calls.clone(), shutdown_rx.clone()),
+            )),
+            gate.clone(),
+            4 * 1024 * 1024,
+        );
         let etcd_maintenance = Arc::new(EtcdMaintenance::new(
             ClusterService::new(calls.clone()).with_etcd_addr(etcd_bound.clone()),
             etcd_bound.clone().unwrap_or_default(),
@@ -357,6 +379,8 @@ impl RunningNode {
                         .concurrency_limit_per_connection(config.max_calls_per_connection)
                         .load_shed(true)
                         .add_service(etcd_kv)
+                        .add_service(etcd_lease)
+                        .add_service(etcd_watch)
                         .add_service(etcd_maintenance_server)
                         .add_service(etcd_cluster_server),
                     listener,

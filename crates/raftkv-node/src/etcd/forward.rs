@@ -6,7 +6,8 @@
 //! the leader's native Status for its etcd address (cached until the leader changes) and sends
 //! it the original etcd request, marked as forwarded so it is never passed on twice. Not done
 //! when the node serves clients over TLS (the forwarder has no client certificate): the "not
-//! the leader" answer then stands.
+//! the leader" answer then stands. Lease calls, which the native API expresses fully, go to
+//! the leader's native port instead.
 
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ struct Route {
 pub struct LeaderForwarder {
     enabled: bool,
     route: Mutex<Option<Route>>,
+    /// A channel to the leader's native API (by its client address), for calls the native API
+    /// expresses fully (leases).
+    native: Mutex<Option<(String, Channel)>>,
 }
 
 impl LeaderForwarder {
@@ -40,7 +44,38 @@ impl LeaderForwarder {
         Self {
             enabled,
             route: Mutex::new(None),
+            native: Mutex::new(None),
         }
+    }
+
+    /// The leader's native client address, when `status` is a native "not the leader" answer
+    /// that should be passed on.
+    pub fn leader_of(&self, status: &Status) -> Option<String> {
+        if !self.enabled || status.code() != tonic::Code::Unavailable {
+            return None;
+        }
+        let addr = status
+            .metadata()
+            .get(raftkv_proto::metadata::LEADER_ADDR)?
+            .to_str()
+            .ok()?;
+        (!addr.is_empty()).then(|| addr.to_string())
+    }
+
+    /// A channel to the native API at `leader_client_addr`.
+    pub async fn native(&self, leader_client_addr: &str) -> Result<Channel, Status> {
+        let mut native = self.native.lock().await;
+        if let Some((addr, channel)) = native.as_ref() {
+            if addr == leader_client_addr {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = Endpoint::from_shared(format!("http://{leader_client_addr}"))
+            .map_err(|e| Status::unavailable(format!("etcdserver: not leader; the leader's address is unusable: {e}")))?
+            .connect_timeout(LOOKUP_TIMEOUT)
+            .connect_lazy();
+        *native = Some((leader_client_addr.to_string(), channel.clone()));
+        Ok(channel)
     }
 
     /// Whether a write that found this node not leading should be passed on.

@@ -238,33 +238,52 @@ fn delete_op(d: &DeleteRangeRequest) -> Result<TxnOp, Status> {
     })
 }
 
-fn txn_op(op: RequestOp) -> Result<TxnOp, Status> {
+/// A transaction operation, and for a read the etcd request it answers (its options shape the
+/// answer after the read).
+fn txn_op(op: RequestOp) -> Result<(TxnOp, Option<RangeRequest>), Status> {
     match op.request {
-        Some(request_op::Request::RequestPut(p)) => put_op(p),
-        Some(request_op::Request::RequestDeleteRange(d)) => delete_op(&d),
+        Some(request_op::Request::RequestPut(p)) => Ok((put_op(p)?, None)),
+        Some(request_op::Request::RequestDeleteRange(d)) => Ok((delete_op(&d)?, None)),
         Some(request_op::Request::RequestRange(r)) => {
-            let plain = r.limit == 0
-                && r.revision == 0
-                && r.sort_order == 0
-                && !r.keys_only
-                && !r.count_only
-                && r.min_mod_revision == 0
-                && r.max_mod_revision == 0
-                && r.min_create_revision == 0
-                && r.max_create_revision == 0;
-            match selection(&r.key, &r.range_end)? {
-                KeySelection::One(key) if plain => {
-                    validate_key(&key)?;
-                    Ok(TxnOp::Get { key })
-                }
-                _ => Err(unimplemented(
-                    "range reads inside a transaction other than a plain read of one key",
-                )),
+            if r.revision != 0 {
+                return Err(unimplemented("range reads at a revision inside a transaction"));
             }
+            let op = match selection(&r.key, &r.range_end)? {
+                KeySelection::One(key) => {
+                    validate_key(&key)?;
+                    TxnOp::Get { key }
+                }
+                KeySelection::Range { start, end } => TxnOp::Range {
+                    start,
+                    end: (!end.is_empty()).then(|| end.into()),
+                },
+            };
+            Ok((op, Some(r)))
         }
         Some(request_op::Request::RequestTxn(_)) => Err(unimplemented("nested transactions")),
         None => Err(Status::invalid_argument("etcdserver: an empty transaction operation")),
     }
+}
+
+/// The key-values a range read found, shaped by the request's options as etcd would:
+/// revision filters, sorting, then the limit; and etcd's count (every match).
+fn shape(r: &RangeRequest, kvs: Vec<KeyValue>) -> Result<(Vec<KeyValue>, bool, u64), Status> {
+    let mut kvs: Vec<KeyValue> = kvs.into_iter().filter(|kv| passes_filters(r, kv)).collect();
+    sort(r, &mut kvs)?;
+    let count = kvs.len() as u64;
+    let limit = non_negative("limit", r.limit)? as usize;
+    let more = limit > 0 && kvs.len() > limit;
+    if limit > 0 {
+        kvs.truncate(limit);
+    }
+    if r.count_only {
+        kvs.clear();
+    } else if r.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok((kvs, more, count))
 }
 
 #[tonic::async_trait]
@@ -431,10 +450,24 @@ impl Kv for EtcdKv {
                         "etcdserver: too many operations in txn request",
                     ));
                 }
+                let (success, success_reads): (Vec<_>, Vec<_>) = t
+                    .success
+                    .into_iter()
+                    .map(txn_op)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .unzip();
+                let (failure, failure_reads): (Vec<_>, Vec<_>) = t
+                    .failure
+                    .into_iter()
+                    .map(txn_op)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .unzip();
                 let txn = Txn {
                     compares: t.compare.into_iter().map(txn_compare).collect::<Result<_, _>>()?,
-                    success: t.success.into_iter().map(txn_op).collect::<Result<_, _>>()?,
-                    failure: t.failure.into_iter().map(txn_op).collect::<Result<_, _>>()?,
+                    success,
+                    failure,
                 };
                 match self.write(Command::Txn(txn), &md).await? {
                     Outcome::Forward(leader) => {
@@ -443,9 +476,11 @@ impl Kv for EtcdKv {
                     }
                     Outcome::Applied(SmResponse::Txn { succeeded, results, .. }) => {
                         let header = self.header();
+                        let reads = if succeeded { success_reads } else { failure_reads };
                         let responses = results
                             .into_iter()
-                            .map(|result| self.response_op(result))
+                            .zip(reads)
+                            .map(|(result, read)| self.response_op(result, read.as_ref()))
                             .collect::<Result<_, _>>()?;
                         Ok(Response::new(TxnResponse {
                             header,
@@ -468,7 +503,24 @@ impl Kv for EtcdKv {
 }
 
 impl EtcdKv {
-    fn response_op(&self, result: TxnOpResult) -> Result<ResponseOp, Status> {
+    fn range_response(&self, kvs: Vec<KeyValue>, read: Option<&RangeRequest>) -> Result<response_op::Response, Status> {
+        let (kvs, more, count) = match read {
+            Some(r) => shape(r, kvs)?,
+            None => {
+                let count = kvs.len() as u64;
+                (kvs, false, count)
+            }
+        };
+        let kvs: Vec<EtcdKeyValue> = kvs.into_iter().map(|kv| self.etcd_kv(kv)).collect::<Result<_, _>>()?;
+        Ok(response_op::Response::ResponseRange(RangeResponse {
+            header: None,
+            kvs,
+            more,
+            count: convert::revision(count),
+        }))
+    }
+
+    fn response_op(&self, result: TxnOpResult, read: Option<&RangeRequest>) -> Result<ResponseOp, Status> {
         let response = match result {
             TxnOpResult::Put { prev_kv } => response_op::Response::ResponsePut(PutResponse {
                 header: None,
@@ -481,15 +533,8 @@ impl EtcdKv {
                     prev_kvs: prev_kvs.into_iter().map(|kv| key_value(to_pb(kv), 0)).collect(),
                 })
             }
-            TxnOpResult::Get { kv } => {
-                let kvs: Vec<EtcdKeyValue> = kv.into_iter().map(|kv| self.etcd_kv(kv)).collect::<Result<_, _>>()?;
-                response_op::Response::ResponseRange(RangeResponse {
-                    header: None,
-                    count: kvs.len() as i64,
-                    kvs,
-                    more: false,
-                })
-            }
+            TxnOpResult::Get { kv } => self.range_response(kv.into_iter().collect(), read)?,
+            TxnOpResult::Range { kvs } => self.range_response(kvs, read)?,
         };
         Ok(ResponseOp {
             response: Some(response),

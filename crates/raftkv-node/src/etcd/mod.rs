@@ -8,7 +8,9 @@
 //! option.
 //!
 //! - [`kv`]: `etcdserverpb.KV` (Range, Put, DeleteRange, Txn; Compact refused);
+//! - [`lease`]: `Lease` (grant, revoke, keep-alive stream, time-to-live, list);
 //! - [`maintenance`]: `Maintenance` (Status, Alarm, Defragment) and `Cluster` (MemberList);
+//! - [`watch`]: `Watch` (the bidirectional stream) over the native watch sessions;
 //! - [`forward`]: writes that reach a follower passed on to the leader's etcd port;
 //! - [`convert`]: headers, key-values, key ranges and etcd's error messages.
 //!
@@ -17,4 +19,6 @@
 pub mod convert;
 pub mod forward;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
+pub mod watch;
