@@ -1,19 +1,25 @@
 //! etcd's v3 API on a node's etcd port (`--etcd-addr`), driven with the etcd wire messages
 //! themselves (raftkv's own generated etcd stubs, so no system protoc is needed): put, range
-//! options, revision reads, delete ranges, transactions, leases on keys, and the refusals etcd's
-//! clients recognise by their message.
+//! options, revision reads, delete ranges, transactions (with range reads), leases, watches,
+//! Status / MemberList, writes forwarded from followers, and the refusals etcd's clients
+//! recognise by their message.
 
 use std::time::Duration;
 
 use raftkv_proto::etcd::etcdserverpb::cluster_client::ClusterClient;
 use raftkv_proto::etcd::etcdserverpb::kv_client::KvClient;
+use raftkv_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 use raftkv_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use raftkv_proto::etcd::etcdserverpb::range_request::{SortOrder, SortTarget};
+use raftkv_proto::etcd::etcdserverpb::watch_client::WatchClient;
 use raftkv_proto::etcd::etcdserverpb::{
-    compare, request_op, response_op, AlarmRequest, CompactionRequest, Compare, DeleteRangeRequest, MemberListRequest,
-    PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+    compare, request_op, response_op, watch_request, AlarmRequest, CompactionRequest, Compare, DeleteRangeRequest,
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    MemberListRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest,
+    WatchRequest,
 };
 use raftkv_tests::in_process::InProcessCluster;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -279,6 +285,195 @@ async fn followers_forward_writes_and_the_cluster_describes_itself() -> anyhow::
     urls.sort();
     let expected: Vec<(u64, Vec<String>)> = [1, 2, 3].into_iter().map(|id| (id, vec![addr(id)])).collect();
     assert_eq!(urls, expected, "every member with its etcd address");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Leases through the etcd port of a follower (passed on to the leader): a TTL below the
+/// minimum is raised to it, the keep-alive stream answers each request, time-to-live lists the
+/// keys, and a lease that is gone answers as etcd's does (TTL -1 / 0, "lease not found").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_through_the_etcd_port() -> anyhow::Result<()> {
+    let cluster = InProcessCluster::start_with(3, |c| c.etcd_addr = Some(([127, 0, 0, 1], 0).into())).await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).unwrap_or(leader);
+    let addr = cluster
+        .node(follower)
+        .etcd_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    let mut lease = LeaseClient::connect(addr.clone()).await?;
+    let mut kv = KvClient::connect(addr).await?;
+
+    let granted = lease
+        .lease_grant(LeaseGrantRequest { ttl: 1, id: 0 })
+        .await?
+        .into_inner();
+    assert_eq!(granted.ttl, 2, "raised to the minimum, 1.5 s, in whole seconds");
+    kv.put(PutRequest {
+        lease: granted.id,
+        ..put("session/a", "1")
+    })
+    .await?;
+
+    let (requests, inbound) = tokio::sync::mpsc::channel(4);
+    let mut replies = lease.lease_keep_alive(ReceiverStream::new(inbound)).await?.into_inner();
+    for _ in 0..2 {
+        requests.send(LeaseKeepAliveRequest { id: granted.id }).await?;
+        let reply = tokio::time::timeout(T, replies.message()).await??;
+        assert_eq!(reply.map(|r| (r.id, r.ttl)), Some((granted.id, 2)));
+    }
+
+    let ttl = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: granted.id,
+            keys: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!((ttl.granted_ttl, ttl.keys.clone()), (2, vec![b"session/a".to_vec()]));
+    assert!(ttl.ttl >= 0 && ttl.ttl <= 2);
+    let listed = lease.lease_leases(LeaseLeasesRequest {}).await?.into_inner();
+    assert_eq!(listed.leases.iter().map(|l| l.id).collect::<Vec<_>>(), vec![granted.id]);
+
+    lease.lease_revoke(LeaseRevokeRequest { id: granted.id }).await?;
+    assert!(kv.range(range("session/a", "")).await?.into_inner().kvs.is_empty());
+    let gone = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: granted.id,
+            keys: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(gone.ttl, -1);
+    requests.send(LeaseKeepAliveRequest { id: granted.id }).await?;
+    let reply = tokio::time::timeout(T, replies.message()).await??;
+    assert_eq!(reply.map(|r| r.ttl), Some(0), "a keep-alive of a lease that is gone");
+    let err = lease
+        .lease_revoke(LeaseRevokeRequest { id: granted.id })
+        .await
+        .expect_err("revoke twice");
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::NotFound, "etcdserver: requested lease not found")
+    );
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// A watch on a follower's etcd port sees puts and deletes (with prev_kv) in order; a watch
+/// from a revision the history no longer holds is created and cancelled at once with
+/// compact_revision, while the stream's other watch goes on; a transaction reads a range
+/// sorted by create revision (what etcd's lock recipe does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_and_range_reads_in_transactions() -> anyhow::Result<()> {
+    let cluster = InProcessCluster::start_with(3, |c| {
+        c.etcd_addr = Some(([127, 0, 0, 1], 0).into());
+        c.watch_history = 5;
+    })
+    .await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let follower = cluster.running().into_iter().find(|id| *id != leader).unwrap_or(leader);
+    let addr = cluster
+        .node(follower)
+        .etcd_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    let mut kv = etcd_kv(&cluster, leader).await?;
+    let mut watch = WatchClient::connect(addr).await?;
+
+    let (requests, inbound) = tokio::sync::mpsc::channel(4);
+    let mut responses = watch.watch(ReceiverStream::new(inbound)).await?.into_inner();
+    let create = |key: &str, range_end: &str, start_revision: i64| WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            start_revision,
+            prev_kv: true,
+            ..Default::default()
+        })),
+    };
+    requests.send(create("w/", "w0", 0)).await?;
+    let created = tokio::time::timeout(T, responses.message()).await??.unwrap_or_default();
+    assert!(created.created && !created.canceled);
+
+    kv.put(put("w/1", "a")).await?;
+    kv.delete_range(DeleteRangeRequest {
+        key: b"w/1".to_vec(),
+        ..Default::default()
+    })
+    .await?;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let r = tokio::time::timeout(T, responses.message()).await??.unwrap_or_default();
+        assert_eq!(r.watch_id, created.watch_id);
+        seen.extend(r.events.into_iter().map(|e| (e.r#type, e.prev_kv.map(|kv| kv.value))));
+    }
+    assert_eq!(
+        seen,
+        vec![(0, None), (1, Some(b"a".to_vec()))],
+        "a PUT, then a DELETE with its prev_kv"
+    );
+
+    // Past the history (5 revisions): a watch from revision 1 is refused, etcd's way.
+    for i in 0..8 {
+        kv.put(put(&format!("filler/{i}"), "x")).await?;
+    }
+    let last = kv
+        .put(put("filler/last", "x"))
+        .await?
+        .into_inner()
+        .header
+        .unwrap_or_default()
+        .revision;
+    cluster.wait_revision(last as u64, T).await?;
+    requests.send(create("filler/", "filler0", 1)).await?;
+    let refused = loop {
+        let r = tokio::time::timeout(T, responses.message()).await??.unwrap_or_default();
+        if r.canceled {
+            break r;
+        }
+    };
+    assert!(refused.created && refused.compact_revision > 1, "{refused:?}");
+    assert!(refused.cancel_reason.contains("compacted"), "{}", refused.cancel_reason);
+    kv.put(put("w/2", "b")).await?;
+    let r = tokio::time::timeout(T, responses.message()).await??.unwrap_or_default();
+    assert_eq!(r.watch_id, created.watch_id, "the first watch goes on");
+
+    // A lock-style transaction: create my key if missing, then read the queue's first creator.
+    let queue = |me: &str| TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: me.into(),
+            target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            range_end: Vec::new(),
+        }],
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(put(me, ""))),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    sort_order: SortOrder::Ascend as i32,
+                    sort_target: SortTarget::Create as i32,
+                    limit: 1,
+                    ..range("lock/", "lock0")
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    for me in ["lock/b", "lock/a"] {
+        let r = kv.txn(queue(me)).await?.into_inner();
+        match &r.responses[1].response {
+            Some(response_op::Response::ResponseRange(owner)) => {
+                assert_eq!(owner.kvs[0].key, b"lock/b", "the first creator owns the lock");
+                assert_eq!(owner.count, if me == "lock/b" { 1 } else { 2 });
+            }
+            other => panic!("expected a range response, got {other:?}"),
+        }
+    }
     cluster.shutdown().await;
     Ok(())
 }
