@@ -83,6 +83,11 @@ impl LeaderForwarder {
         self.enabled && md.get(FORWARDED).is_none()
     }
 
+    /// Forgets the leader's etcd port (it stopped answering): the next write looks again.
+    pub async fn forget(&self) {
+        *self.route.lock().await = None;
+    }
+
     /// The etcd KV client of the leader whose native client address is `leader_client_addr`.
     pub async fn kv(&self, leader_client_addr: &str) -> Result<KvClient<Channel>, Status> {
         let mut route = self.route.lock().await;
@@ -104,7 +109,7 @@ impl LeaderForwarder {
             .map_err(|e| unreachable(e.message().to_string()))?
             .into_inner();
         if status.etcd_addr.is_empty() {
-            return Err(Status::unavailable(format!(
+            return Err(Status::failed_precondition(format!(
                 "etcdserver: not leader; the leader (node {}) serves no etcd API: send writes to a node started with --etcd-addr that leads",
                 status.id
             )));

@@ -5,6 +5,7 @@
 //! revision is answered exactly as etcd answers one behind its compaction point, and a read at
 //! the current revision is served.
 
+use raftkv_proto::etcd::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcd::etcdserverpb::kv_server::Kv;
 use raftkv_proto::etcd::etcdserverpb::range_request::{SortOrder, SortTarget};
 use raftkv_proto::etcd::etcdserverpb::{
@@ -18,6 +19,7 @@ use raftkv_store::command::{
     CmpOp, Command, Compare, CompareTarget, KeyValue, Response as SmResponse, Txn, TxnOp, TxnOpResult,
 };
 use raftkv_store::RangeQuery;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::api::call::ApiCalls;
@@ -38,11 +40,21 @@ pub struct EtcdKv {
     forwarder: LeaderForwarder,
 }
 
-/// What became of a write: applied here, or to be passed on to the leader at this (native
-/// client) address.
-enum Outcome {
+/// What became of a write: applied here, or passed on to the leader, whose answer this is.
+enum Done<R> {
     Applied(SmResponse),
-    Forward(String),
+    Forwarded(Response<R>),
+}
+
+/// How long a write waits before trying again when no leader is known or the leader it knows
+/// cannot be reached (a failover under way).
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Whether a forwarded call failed before it was sent (the leader's port refused the
+/// connection): only then may it be sent again.
+fn not_sent(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && (status.message().contains("tcp connect error") || status.message().contains("Connection refused"))
 }
 
 impl EtcdKv {
@@ -66,14 +78,40 @@ impl EtcdKv {
         convert::header(Some(self.core.header()))
     }
 
-    async fn write(&self, command: Command, md: &tonic::metadata::MetadataMap) -> Result<Outcome, Status> {
+    /// Writes `command` here, or, on a follower, has `forward` send the original request to the
+    /// leader's etcd port. As etcd's followers hold a proposal until there is a leader, a write
+    /// that finds no leader, or a leader that cannot be reached, waits and tries again — within
+    /// the call's deadline, and only while nothing has been sent.
+    async fn write<R, F, Fut>(
+        &self,
+        command: Command,
+        md: &tonic::metadata::MetadataMap,
+        forward: F,
+    ) -> Result<Done<R>, Status>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
         let session = session(md)?;
-        match self.core.write(command, session).await {
-            Ok(response) => Ok(Outcome::Applied(response)),
-            Err(ApiError::NotLeader { leader_addr, .. }) if self.forwarder.should_forward(md) => {
-                Ok(Outcome::Forward(leader_addr))
+        loop {
+            match self.core.write(command.clone(), session).await {
+                Ok(response) => return Ok(Done::Applied(response)),
+                Err(ApiError::NoLeader { .. }) if self.forwarder.should_forward(md) => {}
+                Err(ApiError::NotLeader { leader_addr, .. }) if self.forwarder.should_forward(md) => {
+                    match self.forwarder.kv(&leader_addr).await {
+                        Ok(kv) => match forward(kv).await {
+                            Ok(reply) => return Ok(Done::Forwarded(reply)),
+                            Err(s) if not_sent(&s) => self.forwarder.forget().await,
+                            Err(s) => return Err(s),
+                        },
+                        // The leader it knows did not answer: a failover under way.
+                        Err(s) if s.code() == tonic::Code::Unavailable => {}
+                        Err(s) => return Err(s),
+                    }
+                }
+                Err(e) => return Err(status(e)),
             }
-            Err(e) => Err(status(e)),
+            tokio::time::sleep(LEADER_WAIT).await;
         }
     }
 }
@@ -394,16 +432,17 @@ impl Kv for EtcdKv {
                     },
                     _ => return Err(Status::internal("a put became another operation")),
                 };
-                match self.write(command, &md).await? {
-                    Outcome::Forward(leader) => {
-                        let mut kv = self.forwarder.kv(&leader).await?;
-                        kv.put(forwarded_request(original, &md)).await
-                    }
-                    Outcome::Applied(SmResponse::Put { prev_kv, .. }) => Ok(Response::new(PutResponse {
+                let forward = |mut kv: KvClient<Channel>| {
+                    let request = forwarded_request(original.clone(), &md);
+                    async move { kv.put(request).await }
+                };
+                match self.write(command, &md, forward).await? {
+                    Done::Forwarded(reply) => Ok(reply),
+                    Done::Applied(SmResponse::Put { prev_kv, .. }) => Ok(Response::new(PutResponse {
                         header: self.header(),
                         prev_kv: prev_kv.map(|kv| key_value(to_pb(kv), 0)),
                     })),
-                    Outcome::Applied(other) => Err(unexpected(other)),
+                    Done::Applied(other) => Err(unexpected(other)),
                 }
             })
             .await
@@ -421,19 +460,20 @@ impl Kv for EtcdKv {
                     TxnOp::DeleteRange { start, end, prev_kv } => Command::DeleteRange { start, end, prev_kv },
                     _ => return Err(Status::internal("a delete became another operation")),
                 };
-                match self.write(command, &md).await? {
-                    Outcome::Forward(leader) => {
-                        let mut kv = self.forwarder.kv(&leader).await?;
-                        kv.delete_range(forwarded_request(d, &md)).await
-                    }
-                    Outcome::Applied(SmResponse::Delete { deleted, prev_kvs, .. }) => {
+                let forward = |mut kv: KvClient<Channel>| {
+                    let request = forwarded_request(d.clone(), &md);
+                    async move { kv.delete_range(request).await }
+                };
+                match self.write(command, &md, forward).await? {
+                    Done::Forwarded(reply) => Ok(reply),
+                    Done::Applied(SmResponse::Delete { deleted, prev_kvs, .. }) => {
                         Ok(Response::new(DeleteRangeResponse {
                             header: self.header(),
                             deleted: convert::revision(deleted),
                             prev_kvs: prev_kvs.into_iter().map(|kv| key_value(to_pb(kv), 0)).collect(),
                         }))
                     }
-                    Outcome::Applied(other) => Err(unexpected(other)),
+                    Done::Applied(other) => Err(unexpected(other)),
                 }
             })
             .await
@@ -469,12 +509,13 @@ impl Kv for EtcdKv {
                     success,
                     failure,
                 };
-                match self.write(Command::Txn(txn), &md).await? {
-                    Outcome::Forward(leader) => {
-                        let mut kv = self.forwarder.kv(&leader).await?;
-                        kv.txn(forwarded_request(original, &md)).await
-                    }
-                    Outcome::Applied(SmResponse::Txn { succeeded, results, .. }) => {
+                let forward = |mut kv: KvClient<Channel>| {
+                    let request = forwarded_request(original.clone(), &md);
+                    async move { kv.txn(request).await }
+                };
+                match self.write(Command::Txn(txn), &md, forward).await? {
+                    Done::Forwarded(reply) => Ok(reply),
+                    Done::Applied(SmResponse::Txn { succeeded, results, .. }) => {
                         let header = self.header();
                         let reads = if succeeded { success_reads } else { failure_reads };
                         let responses = results
@@ -488,7 +529,7 @@ impl Kv for EtcdKv {
                             responses,
                         }))
                     }
-                    Outcome::Applied(other) => Err(unexpected(other)),
+                    Done::Applied(other) => Err(unexpected(other)),
                 }
             })
             .await
