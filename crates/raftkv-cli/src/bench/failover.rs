@@ -201,7 +201,7 @@ async fn measure(args: &BenchArgs, driver: &Driver) -> Result<FailoverReport, Op
     }
 
     let mut report = FailoverReport {
-        driver: args.driver.name().into(),
+        driver: args.system_name(),
         ..Default::default()
     };
     let rounds = async {

@@ -137,7 +137,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
     }
 
     Ok(BenchReport {
-        driver: args.driver.name().to_string(),
+        driver: args.system_name(),
         workload: "lease".to_string(),
         consistency: None,
         read_ratio: None,

@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// with `--features etcd`).
     #[arg(long, value_enum, default_value_t = DriverKind::Raftkv)]
     pub driver: DriverKind,
+    /// The system's name in the report (default: the driver's). `scripts/bench-vs-etcd.sh` runs
+    /// the etcd driver against raftkv's etcd port as `--report-as raftkv-etcd`.
+    #[arg(long, value_name = "NAME")]
+    pub report_as: Option<String>,
     /// etcd client URLs for `--driver etcd`, comma-separated.
     #[arg(long, env = "RAFTKV_BENCH_ETCD_ENDPOINTS", default_value = driver::default_endpoints(DriverKind::Etcd))]
     pub etcd_endpoints: String,
@@ -162,6 +166,11 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// The system's name in reports.
+    pub fn system_name(&self) -> String {
+        self.report_as.clone().unwrap_or_else(|| self.driver.name().to_string())
+    }
+
     /// Checks the options against each other; the message says which one to change.
     pub fn validate(&self) -> Result<(), String> {
         if self.clients == 0 || self.connections == 0 || self.keys == 0 {
@@ -416,7 +425,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
         .collect();
 
     let progress = report::Progress::new(
-        args.driver.name(),
+        &args.system_name(),
         args.workload.name(),
         args.total,
         warmup + args.duration.0,
@@ -454,7 +463,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
     let term_after = driver.max_term().await.ok();
     let total_secs = start.elapsed().as_secs_f64().max(f64::EPSILON);
     Ok(BenchReport {
-        driver: args.driver.name().to_string(),
+        driver: args.system_name(),
         workload: args.workload.name().to_string(),
         consistency: matches!(args.workload, Workload::Get | Workload::Mixed).then(|| {
             match args.consistency {

@@ -47,6 +47,10 @@ fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// The report name of raftkv driven through its etcd port by the etcd driver
+/// (`raftkv bench --driver etcd --report-as raftkv-etcd`).
+pub const ETCD_API_DRIVER: &str = "raftkv-etcd";
+
 fn workload_order(workload: &str) -> usize {
     ["put", "get", "mixed", "txn", "watch", "lease", "failover"]
         .iter()
@@ -99,6 +103,7 @@ pub fn render(inputs: &[String]) -> Result<String, String> {
          |---|---|---|---|---|---|---|---|---|\n",
     );
     let mut failover = String::new();
+    let mut through_etcd_api = String::new();
     for (key, by_driver) in &rows {
         let etcd = by_driver.get("etcd").unwrap_or(&empty);
         let raftkv = by_driver.get("raftkv").unwrap_or(&empty);
@@ -125,6 +130,26 @@ pub fn render(inputs: &[String]) -> Result<String, String> {
                 f.elections.iter().sum::<u64>().to_string()
             }
         };
+        if let Some(via) = by_driver.get(ETCD_API_DRIVER) {
+            through_etcd_api.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |\n",
+                key.label,
+                key.target,
+                key.clients,
+                fmt(median(&etcd.ops_per_sec), 0),
+                fmt(median(&via.ops_per_sec), 0),
+                ratio(median(&via.ops_per_sec), median(&etcd.ops_per_sec)),
+                fmt(median(&raftkv.ops_per_sec), 0),
+                ratio(median(&via.ops_per_sec), median(&raftkv.ops_per_sec)),
+                fmt(median(&etcd.p50), 2),
+                fmt(median(&etcd.p99), 2),
+                fmt(median(&via.p50), 2),
+                fmt(median(&via.p99), 2),
+            ));
+            if etcd.ops_per_sec.is_empty() && raftkv.ops_per_sec.is_empty() {
+                continue;
+            }
+        }
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
             key.label,
@@ -140,6 +165,14 @@ pub fn render(inputs: &[String]) -> Result<String, String> {
             elections(etcd),
             elections(raftkv),
         ));
+    }
+    if !through_etcd_api.is_empty() {
+        out.push_str(
+            "\nThe same client library (etcd-client) on both systems: raftkv through its etcd port.\n\n\
+             | workload | target | clients | etcd ops/s | raftkv (etcd API) ops/s | etcd API / etcd | raftkv native ops/s | etcd API / native | etcd p50 / p99 ms | raftkv (etcd API) p50 / p99 ms |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        out.push_str(&through_etcd_api);
     }
     if !failover.is_empty() {
         out.push_str(
@@ -204,6 +237,23 @@ mod tests {
         .to_string();
         let table = render(&[f]).expect("a table");
         assert!(table.contains("| raftkv | 5 | 280 | 420 | 0 | 2 |"), "{table}");
+    }
+
+    #[test]
+    fn raftkv_through_its_etcd_port_gets_its_own_table() {
+        let lines = [
+            line("etcd", "put", 16, 4000.0, 8.0),
+            line("raftkv", "put", 16, 3000.0, 8.0),
+            line("raftkv-etcd", "put", 16, 2700.0, 10.0),
+        ]
+        .join("\n");
+        let table = render(&[lines]).expect("a table");
+        let row = table
+            .lines()
+            .filter(|l| l.starts_with("| put | all | 16 |"))
+            .nth(1)
+            .expect("a row in the second table");
+        assert!(row.contains("| 4000 | 2700 | 0.68× | 3000 | 0.90× |"), "{row}");
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
     let cpu = cpu_seconds() - cpu_before;
     let term_after = driver.max_term().await.ok();
     Ok(BenchReport {
-        driver: args.driver.name().to_string(),
+        driver: args.system_name(),
         workload: "watch".to_string(),
         consistency: None,
         read_ratio: None,
