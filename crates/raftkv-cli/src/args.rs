@@ -138,7 +138,7 @@ pub enum Command {
         else_ops: Vec<String>,
     },
     /// Load the cluster and report throughput and latency (see `raftkv bench --help`).
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// Write a CA and certificates for a TLS cluster (nodes 1..=N and a client) into a directory.
     Certs {
         /// Where to write them (created if missing; an existing set is never overwritten).
