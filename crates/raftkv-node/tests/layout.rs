@@ -20,6 +20,7 @@ const ALLOWED: &[(&str, &str, Option<&str>)] = &[
     ("boot", "etcd", None),
     ("etcd", "api", None),
     ("etcd", "consensus", None),
+    ("etcd", "admission", Some("access")),
     ("api", "consensus", None),
     ("api", "ops", Some("metrics")),
     ("admission", "api", Some("error")),

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
+use raftkv_proto::etcd::etcdserverpb::auth_server::AuthServer as EtcdAuthServer;
 use raftkv_proto::etcd::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use raftkv_proto::etcd::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use raftkv_proto::etcd::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
@@ -52,6 +53,7 @@ use crate::consensus::transport::network::{
 };
 use crate::consensus::transport::peer_service::PeerService;
 use crate::consensus::write_batcher::WriteBatcher;
+use crate::etcd::auth::EtcdAuth;
 use crate::etcd::forward::LeaderForwarder;
 use crate::etcd::kv::EtcdKv;
 use crate::etcd::lease::EtcdLease;
@@ -311,6 +313,11 @@ impl RunningNode {
             gate.clone(),
             4 * 1024 * 1024,
         );
+        let etcd_auth = ClientGate::new(
+            EtcdAuthServer::new(EtcdAuth::new(core.clone(), gate.access.clone())),
+            gate.clone(),
+            4 * 1024 * 1024,
+        );
         let etcd_maintenance = Arc::new(EtcdMaintenance::new(
             ClusterService::new(calls.clone()).with_etcd_addr(etcd_bound.clone()),
             etcd_bound.clone().unwrap_or_default(),
@@ -381,6 +388,7 @@ impl RunningNode {
                         .add_service(etcd_kv)
                         .add_service(etcd_lease)
                         .add_service(etcd_watch)
+                        .add_service(etcd_auth)
                         .add_service(etcd_maintenance_server)
                         .add_service(etcd_cluster_server),
                     listener,

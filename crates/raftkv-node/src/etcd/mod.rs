@@ -11,11 +11,14 @@
 //! - [`lease`]: `Lease` (grant, revoke, keep-alive stream, time-to-live, list);
 //! - [`maintenance`]: `Maintenance` (Status, Alarm, Defragment) and `Cluster` (MemberList);
 //! - [`watch`]: `Watch` (the bidirectional stream) over the native watch sessions;
+//! - [`auth`]: `Auth` as far as raftkv's tokens map onto it (Authenticate, AuthStatus);
 //! - [`forward`]: writes that reach a follower passed on to the leader's etcd port;
 //! - [`convert`]: headers, key-values, key ranges and etcd's error messages.
 //!
-//! May use: `api` (the native services it translates into) and `consensus`.
+//! May use: `api` (the native services it translates into), `consensus`, and
+//! `admission::access` (the tokens etcd's Authenticate hands out).
 
+pub mod auth;
 pub mod convert;
 pub mod forward;
 pub mod kv;
