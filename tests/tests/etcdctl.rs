@@ -1,6 +1,6 @@
 //! etcd's own command-line tool, `etcdctl` (v3 API), against raftkv's etcd port: put, get
 //! --prefix, del, txn (interactive input), watch, lease grant / keep-alive / revoke, lock,
-//! elect, member list, endpoint status — and a stream of `etcdctl put`s across a SIGKILL of
+//! elect, member list, endpoint status, move-leader — and a stream of `etcdctl put`s across a SIGKILL of
 //! the leader that loses no acknowledged write. Skipped, with a message, on a machine without
 //! etcdctl (Debian: `apt-get install etcd-client`).
 
@@ -203,6 +203,22 @@ async fn etcdctl_works_against_raftkv() -> anyhow::Result<()> {
     let status = etcdctl.run(&["endpoint", "status"])?;
     assert_eq!(status.lines().count(), 3, "{status}");
     assert!(status.contains("3.5.0"), "{status}");
+
+    // move-leader hands leadership to another member.
+    let leader_now = || -> anyhow::Result<u64> {
+        let json: serde_json::Value = serde_json::from_str(&etcdctl.run(&["endpoint", "status", "-w", "json"])?)?;
+        json[0]["Status"]["leader"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no leader in {json}"))
+    };
+    let before = leader_now()?;
+    let target = if before == 1 { 2 } else { 1 };
+    let moved = etcdctl.run(&["move-leader", &format!("{target:x}")])?;
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+    wait::until(T, "the new leader", || async {
+        (leader_now().ok()? == target).then_some(())
+    })
+    .await?;
     Ok(())
 }
 

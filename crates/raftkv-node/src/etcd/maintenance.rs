@@ -1,5 +1,5 @@
 //! `etcdserverpb.Maintenance` and `etcdserverpb.Cluster` on the etcd port: Status, Alarm,
-//! Defragment and MemberList, answered from the native Cluster service's Status; the rest
+//! Defragment, MoveLeader and MemberList, answered by the native Cluster service; the rest
 //! refused with `UNIMPLEMENTED` naming it (membership changes go through `raftkv member`).
 
 use std::time::Duration;
@@ -16,7 +16,7 @@ use raftkv_proto::etcd::etcdserverpb::{
 };
 use raftkv_proto::v1::cluster_client::ClusterClient;
 use raftkv_proto::v1::cluster_server::Cluster;
-use raftkv_proto::v1::{ListMembersRequest, Role, StatusRequest, StatusResponse};
+use raftkv_proto::v1::{ListMembersRequest, Role, StatusRequest, StatusResponse, TransferLeaderRequest};
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
@@ -141,8 +141,26 @@ impl Maintenance for EtcdMaintenance {
         Err(unimplemented("Snapshot (use `raftkv backup`)"))
     }
 
-    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader (use `raftkv cluster transfer-leader`)"))
+    async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        // etcd's own rule: the request must reach the leader (etcdctl move-leader finds it).
+        let to = request.into_inner().target_id;
+        if to == 0 {
+            return Err(Status::invalid_argument(
+                "etcdserver: bad leader transferee (target ID 0)",
+            ));
+        }
+        let moved = self
+            .native
+            .transfer_leader(Request::new(TransferLeaderRequest { to }))
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable => Status::failed_precondition("etcdserver: not leader"),
+                _ => s,
+            })?
+            .into_inner();
+        Ok(Response::new(MoveLeaderResponse {
+            header: convert::header(moved.header),
+        }))
     }
 
     async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
