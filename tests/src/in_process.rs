@@ -93,6 +93,27 @@ impl InProcessCluster {
         }
     }
 
+    /// A running node other than `leader`.
+    pub fn a_follower(&self, leader: NodeId) -> anyhow::Result<NodeId> {
+        self.running()
+            .into_iter()
+            .find(|id| *id != leader)
+            .ok_or_else(|| anyhow::anyhow!("no running node besides {leader}"))
+    }
+
+    /// Waits until node `id` has purged its log behind a snapshot (past the first few entries)
+    /// and returns the purged index: after that, a node that was down can only catch up by
+    /// snapshot.
+    pub async fn wait_purged(&self, id: NodeId, timeout: Duration) -> anyhow::Result<u64> {
+        // openraft purges once no replication task is reading the logs to purge; a stopped
+        // follower's retries are in backoff most of the time, so the purge comes shortly.
+        wait::until(timeout, "the leader to purge its log behind a snapshot", || async {
+            let purged = self.node(id).raft.metrics().borrow_watched().purged;
+            purged.map(|p| p.index).filter(|p| *p > 10)
+        })
+        .await
+    }
+
     /// Client address of node `id` (running or not).
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: NodeId) -> std::path::PathBuf {

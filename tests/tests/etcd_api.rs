@@ -26,12 +26,26 @@ use tonic::Code;
 
 const T: Duration = Duration::from_secs(15);
 
-async fn etcd_kv(cluster: &InProcessCluster, id: u64) -> anyhow::Result<KvClient<Channel>> {
-    let addr = cluster
+/// Three in-process nodes serving etcd's API on free ports (`tune` adjusts each further).
+async fn cluster_with_etcd_ports(tune: impl Fn(&mut raftkv_node::NodeConfig)) -> anyhow::Result<InProcessCluster> {
+    InProcessCluster::start_with(3, |c| {
+        c.etcd_addr = Some(([127, 0, 0, 1], 0).into());
+        tune(c);
+    })
+    .await
+}
+
+/// The URL of node `id`'s etcd port.
+fn etcd_url(cluster: &InProcessCluster, id: u64) -> String {
+    cluster
         .node(id)
         .etcd_addr
-        .ok_or_else(|| anyhow::anyhow!("node {id} serves no etcd API"))?;
-    Ok(KvClient::connect(format!("http://{addr}")).await?)
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default()
+}
+
+async fn etcd_kv(cluster: &InProcessCluster, id: u64) -> anyhow::Result<KvClient<Channel>> {
+    Ok(KvClient::connect(etcd_url(cluster, id)).await?)
 }
 
 fn put(key: &str, value: &str) -> PutRequest {
@@ -59,7 +73,7 @@ fn values(r: &raftkv_proto::etcd::etcdserverpb::RangeResponse) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_etcd_kv_api_answers_as_etcd_does() -> anyhow::Result<()> {
-    let cluster = InProcessCluster::start_with(3, |c| c.etcd_addr = Some(([127, 0, 0, 1], 0).into())).await?;
+    let cluster = cluster_with_etcd_ports(|_| {}).await?;
     let leader = cluster.wait_for_leader(T).await?;
     let mut kv = etcd_kv(&cluster, leader).await?;
 
@@ -250,7 +264,7 @@ async fn the_etcd_kv_api_answers_as_etcd_does() -> anyhow::Result<()> {
 /// follow raftkv's leader hints); Status, MemberList and Alarm answer as etcdctl expects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_forward_writes_and_the_cluster_describes_itself() -> anyhow::Result<()> {
-    let cluster = InProcessCluster::start_with(3, |c| c.etcd_addr = Some(([127, 0, 0, 1], 0).into())).await?;
+    let cluster = cluster_with_etcd_ports(|_| {}).await?;
     let leader = cluster.wait_for_leader(T).await?;
     for id in cluster.running() {
         let mut kv = etcd_kv(&cluster, id).await?;
@@ -265,13 +279,7 @@ async fn followers_forward_writes_and_the_cluster_describes_itself() -> anyhow::
         assert_eq!(values(&got), ["1"], "node {id} reads its own write back");
     }
 
-    let addr = |id: u64| {
-        cluster
-            .node(id)
-            .etcd_addr
-            .map(|a| format!("http://{a}"))
-            .unwrap_or_default()
-    };
+    let addr = |id: u64| etcd_url(&cluster, id);
     let follower = cluster.running().into_iter().find(|id| *id != leader).unwrap_or(leader);
     let mut maintenance = MaintenanceClient::connect(addr(follower)).await?;
     let status = maintenance.status(StatusRequest {}).await?.into_inner();
@@ -295,14 +303,10 @@ async fn followers_forward_writes_and_the_cluster_describes_itself() -> anyhow::
 /// keys, and a lease that is gone answers as etcd's does (TTL -1 / 0, "lease not found").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_through_the_etcd_port() -> anyhow::Result<()> {
-    let cluster = InProcessCluster::start_with(3, |c| c.etcd_addr = Some(([127, 0, 0, 1], 0).into())).await?;
+    let cluster = cluster_with_etcd_ports(|_| {}).await?;
     let leader = cluster.wait_for_leader(T).await?;
     let follower = cluster.running().into_iter().find(|id| *id != leader).unwrap_or(leader);
-    let addr = cluster
-        .node(follower)
-        .etcd_addr
-        .map(|a| format!("http://{a}"))
-        .unwrap_or_default();
+    let addr = etcd_url(&cluster, follower);
     let mut lease = LeaseClient::connect(addr.clone()).await?;
     let mut kv = KvClient::connect(addr).await?;
 
@@ -368,18 +372,10 @@ async fn leases_through_the_etcd_port() -> anyhow::Result<()> {
 /// sorted by create revision (what etcd's lock recipe does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_and_range_reads_in_transactions() -> anyhow::Result<()> {
-    let cluster = InProcessCluster::start_with(3, |c| {
-        c.etcd_addr = Some(([127, 0, 0, 1], 0).into());
-        c.watch_history = 5;
-    })
-    .await?;
+    let cluster = cluster_with_etcd_ports(|c| c.watch_history = 5).await?;
     let leader = cluster.wait_for_leader(T).await?;
     let follower = cluster.running().into_iter().find(|id| *id != leader).unwrap_or(leader);
-    let addr = cluster
-        .node(follower)
-        .etcd_addr
-        .map(|a| format!("http://{a}"))
-        .unwrap_or_default();
+    let addr = etcd_url(&cluster, follower);
     let mut kv = etcd_kv(&cluster, leader).await?;
     let mut watch = WatchClient::connect(addr).await?;
 
@@ -491,17 +487,9 @@ async fn etcd_authentication_maps_onto_raftkv_tokens() -> anyhow::Result<()> {
         "app readwrite app-token-0123456789abcdef\nviewer read viewer-token-0123456789abcdef\n\
          ops admin ops-token-0123456789abcdef\n",
     )?;
-    let cluster = InProcessCluster::start_with(3, |c| {
-        c.etcd_addr = Some(([127, 0, 0, 1], 0).into());
-        c.auth_file = Some(auth_file.clone());
-    })
-    .await?;
+    let cluster = cluster_with_etcd_ports(|c| c.auth_file = Some(auth_file.clone())).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let addr = cluster
-        .node(leader)
-        .etcd_addr
-        .map(|a| format!("http://{a}"))
-        .unwrap_or_default();
+    let addr = etcd_url(&cluster, leader);
     let mut auth = AuthClient::connect(addr.clone()).await?;
     let mut kv = KvClient::connect(addr).await?;
 

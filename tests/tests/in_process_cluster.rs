@@ -61,11 +61,7 @@ async fn election_and_replication() -> anyhow::Result<()> {
 async fn follower_answers_with_the_leader_hint() -> anyhow::Result<()> {
     let cluster = InProcessCluster::start(3).await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let follower = cluster.a_follower(leader)?;
     let mut kv = raw_kv(&cluster.client_addr(follower)).await;
 
     let err = kv
@@ -217,13 +213,7 @@ async fn a_follower_behind_the_purged_log_catches_up_by_snapshot() -> anyhow::Re
     }
     let last = client.put("last", "1").await?;
     let leader = cluster.wait_for_leader(T).await?;
-    // openraft purges once no replication task is reading the logs to purge; the stopped
-    // follower's retries are in backoff most of the time, so the purge comes shortly.
-    let purged = raftkv_tests::wait::until(T, "the leader to purge its log behind a snapshot", || async {
-        let purged = cluster.node(leader).raft.metrics().borrow_watched().purged;
-        purged.map(|p| p.index).filter(|p| *p > 10)
-    })
-    .await?;
+    let purged = cluster.wait_purged(leader, T).await?;
 
     tracing::info!(follower, "--- restart it: only a snapshot can bring it up to date");
     cluster.restart(follower).await?;

@@ -115,11 +115,7 @@ async fn a_snapshot_install_carries_the_leases() -> anyhow::Result<()> {
     })
     .await?;
     let leader = cluster.wait_for_leader(T).await?;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|id| *id != leader)
-        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let follower = cluster.a_follower(leader)?;
     let client = cluster.client();
 
     cluster.stop(follower).await;
@@ -132,11 +128,7 @@ async fn a_snapshot_install_carries_the_leases() -> anyhow::Result<()> {
     }
     let last = client.put("last", "1").await?;
     let leader = cluster.wait_for_leader(T).await?;
-    wait::until(T, "the leader to purge its log behind a snapshot", || async {
-        let purged = cluster.node(leader).raft.metrics().borrow_watched().purged;
-        purged.map(|p| p.index).filter(|p| *p > 10)
-    })
-    .await?;
+    cluster.wait_purged(leader, T).await?;
 
     cluster.restart(follower).await?;
     cluster.wait_revision(last.revision, T).await?;
