@@ -19,7 +19,7 @@ use super::queue;
 use super::ELECTION_PREFIX;
 use crate::client::{Client, LeaseState, WatchOptions, Watcher};
 use crate::error::ClientError;
-use crate::txn::{self, Op};
+use crate::txn;
 
 /// Who leads an election: the key and value of the candidate at the head of its queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,14 +135,14 @@ impl Leadership {
     /// A compare that holds only while this leadership lasts (for writes only the leader may
     /// make).
     pub fn guard(&self) -> Compare {
-        txn::create_revision(self.held.place.key.clone(), Op::Equal, self.revision())
+        self.held.guard()
     }
 
     /// Announces a new value (observers see it) if this candidate still leads; `NotFound`
     /// when it no longer does.
     pub async fn proclaim(&self, value: impl Into<Vec<u8>>) -> Result<(), ClientError> {
         let req = TxnRequest {
-            compare: vec![self.guard()],
+            compare: vec![self.held.guard()],
             success: vec![txn::put_leased(self.held.place.key.clone(), value, self.held.lease)],
             failure: Vec::new(),
         };
@@ -158,9 +158,7 @@ impl Leadership {
 
     /// Steps down: revokes the lease, which deletes the leader key so the next candidate leads.
     pub async fn resign(self) -> Result<(), ClientError> {
-        let Held { keep, release, .. } = self.held;
-        keep.stop().await;
-        release.revoke().await
+        self.held.release().await
     }
 }
 

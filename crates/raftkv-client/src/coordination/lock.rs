@@ -61,6 +61,19 @@ pub(super) struct Held {
     pub release: RevokeOnDrop,
 }
 
+impl Held {
+    /// The compare that holds only while the queue key is still this holder's.
+    pub(super) fn guard(&self) -> Compare {
+        txn::create_revision(self.place.key.clone(), Op::Equal, self.place.revision)
+    }
+
+    /// Stops the keep-alives and revokes the lease (deleting the key, waking the next in line).
+    pub(super) async fn release(self) -> Result<(), ClientError> {
+        self.keep.stop().await;
+        self.release.revoke().await
+    }
+}
+
 /// Grants a lease of `ttl`, keeps it alive, joins the queue under `prefix` holding `value`,
 /// and waits for the head of the queue. Fails if the lease is lost while waiting.
 pub(super) async fn join_and_wait(
@@ -153,7 +166,7 @@ impl LockGuard {
     /// A transaction compare that holds only while this guard's key still exists with this
     /// token: put it in every write the lock protects, so a stale holder's write fails.
     pub fn guard(&self) -> Compare {
-        txn::create_revision(self.held.place.key.clone(), Op::Equal, self.token())
+        self.held.guard()
     }
 
     /// Runs `ops` only if the lock is still held (see [`Self::guard`]); `succeeded` in the
@@ -169,8 +182,6 @@ impl LockGuard {
 
     /// Releases the lock: revokes its lease, which deletes the key and wakes the next waiter.
     pub async fn unlock(self) -> Result<(), ClientError> {
-        let Held { keep, release, .. } = self.held;
-        keep.stop().await;
-        release.revoke().await
+        self.held.release().await
     }
 }
