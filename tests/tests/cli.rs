@@ -53,6 +53,17 @@ async fn data_commands_and_exit_codes() -> anyhow::Result<()> {
     assert_eq!(v["version"], 1);
     assert_eq!(v["found"], true);
 
+    // A stale read answers from node 3's own state, which may lag the put for a moment: it
+    // finds the key once node 3 has applied it.
+    let revision: u64 = put
+        .stdout
+        .trim_start_matches("OK (revision ")
+        .trim_end_matches(")\n")
+        .parse()?;
+    raftkv_tests::wait::until(Duration::from_secs(10), "node 3 to apply the put", || async {
+        (cluster.revision(3).await.ok()? >= revision).then_some(())
+    })
+    .await?;
     let stale = raftkv(&cluster.client_addr(3), &["get", "greeting", "--consistency", "stale"]);
     assert_eq!(stale.code, 0, "{}", stale.stderr);
 
