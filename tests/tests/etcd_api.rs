@@ -16,8 +16,9 @@ use raftkv_proto::etcd::etcdserverpb::watch_client::WatchClient;
 use raftkv_proto::etcd::etcdserverpb::{
     compare, request_op, response_op, watch_request, AlarmRequest, AuthStatusRequest, AuthUserAddRequest,
     AuthenticateRequest, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest, RangeRequest,
-    RequestOp, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest,
+    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberAddRequest, MemberListRequest,
+    MemberRemoveRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest,
+    WatchRequest,
 };
 use raftkv_tests::in_process::InProcessCluster;
 use tokio_stream::wrappers::ReceiverStream;
@@ -294,6 +295,28 @@ async fn followers_forward_writes_and_the_cluster_describes_itself() -> anyhow::
     urls.sort();
     let expected: Vec<(u64, Vec<String>)> = [1, 2, 3].into_iter().map(|id| (id, vec![addr(id)])).collect();
     assert_eq!(urls, expected, "every member with its etcd address");
+
+    // A membership change through a follower's etcd port reaches the leader.
+    let victim = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader && *id != follower)
+        .ok_or_else(|| anyhow::anyhow!("a third node"))?;
+    let removed = members
+        .member_remove(MemberRemoveRequest { id: victim })
+        .await?
+        .into_inner();
+    let mut left: Vec<u64> = removed.members.iter().map(|m| m.id).collect();
+    left.sort();
+    let mut expected: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != victim).collect();
+    expected.sort();
+    assert_eq!(left, expected);
+    let err = members
+        .member_add(MemberAddRequest::default())
+        .await
+        .expect_err("MemberAdd");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("raftkv member add"), "{}", err.message());
     cluster.shutdown().await;
     Ok(())
 }

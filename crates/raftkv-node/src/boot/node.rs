@@ -321,6 +321,7 @@ impl RunningNode {
         let etcd_maintenance = Arc::new(EtcdMaintenance::new(
             ClusterService::new(calls.clone()).with_etcd_addr(etcd_bound.clone()),
             etcd_bound.clone().unwrap_or_default(),
+            Arc::new(LeaderForwarder::new(tls.client_server.is_none())),
         ));
         let etcd_maintenance_server = ClientGate::new(
             MaintenanceServer::from_arc(etcd_maintenance.clone()),

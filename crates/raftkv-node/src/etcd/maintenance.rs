@@ -1,7 +1,9 @@
 //! `etcdserverpb.Maintenance` and `etcdserverpb.Cluster` on the etcd port: Status, Alarm,
-//! Defragment, MoveLeader and MemberList, answered by the native Cluster service; the rest
-//! refused with `UNIMPLEMENTED` naming it (membership changes go through `raftkv member`).
+//! Defragment, MoveLeader, MemberList, MemberRemove and MemberPromote, answered by the native
+//! Cluster service (membership changes passed on to the leader); the rest refused with
+//! `UNIMPLEMENTED` naming it (MemberAdd: raftkv needs the new node's id and client address).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftkv_proto::etcd::etcdserverpb::cluster_server::Cluster as EtcdCluster;
@@ -16,12 +18,16 @@ use raftkv_proto::etcd::etcdserverpb::{
 };
 use raftkv_proto::v1::cluster_client::ClusterClient;
 use raftkv_proto::v1::cluster_server::Cluster;
-use raftkv_proto::v1::{ListMembersRequest, Role, StatusRequest, StatusResponse, TransferLeaderRequest};
+use raftkv_proto::v1::{
+    ListMembersRequest, MemberInfo, PromoteMemberRequest, RemoveMemberRequest, Role, StatusRequest, StatusResponse,
+    TransferLeaderRequest,
+};
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::api::cluster_service::ClusterService;
 use crate::etcd::convert;
+use crate::etcd::forward::LeaderForwarder;
 
 /// The etcd API version raftkv's etcd port speaks (what `etcdctl endpoint status` shows).
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -33,11 +39,59 @@ const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct EtcdMaintenance {
     native: ClusterService,
     etcd_addr: String,
+    forwarder: Arc<LeaderForwarder>,
+}
+
+/// Calls the native membership RPC here, or, on "not the leader", on the leader's native API.
+macro_rules! on_leader {
+    ($self:ident, $req:expr, $method:ident) => {{
+        let req = $req;
+        match $self.native.$method(Request::new(req.clone())).await {
+            Err(status) => match $self.forwarder.leader_of(&status) {
+                Some(leader) => {
+                    let channel = $self.forwarder.native(&leader).await?;
+                    ClusterClient::new(channel).$method(Request::new(req)).await
+                }
+                None => Err(status),
+            },
+            ok => ok,
+        }
+        .map(Response::into_inner)
+    }};
 }
 
 impl EtcdMaintenance {
-    pub fn new(native: ClusterService, etcd_addr: String) -> Self {
-        Self { native, etcd_addr }
+    pub fn new(native: ClusterService, etcd_addr: String, forwarder: Arc<LeaderForwarder>) -> Self {
+        Self {
+            native,
+            etcd_addr,
+            forwarder,
+        }
+    }
+
+    /// raftkv's members as etcd's, each with its etcd address as client URL.
+    async fn etcd_members(&self, listed: Vec<MemberInfo>) -> Result<Vec<Member>, Status> {
+        let me = self.status().await?.id;
+        let mut members = Vec::with_capacity(listed.len());
+        for m in listed {
+            let etcd_addr = if m.id == me {
+                self.etcd_addr.clone()
+            } else {
+                etcd_addr_of(&m.client_addr).await
+            };
+            members.push(Member {
+                id: m.id,
+                name: format!("node{}", m.id),
+                peer_ur_ls: vec![url(&m.peer_addr)],
+                client_ur_ls: if etcd_addr.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![url(&etcd_addr)]
+                },
+                is_learner: !m.voter,
+            });
+        }
+        Ok(members)
     }
 
     async fn status(&self) -> Result<StatusResponse, Status> {
@@ -176,26 +230,7 @@ impl EtcdCluster for EtcdMaintenance {
             .list_members(Request::new(ListMembersRequest {}))
             .await?
             .into_inner();
-        let me = self.status().await?.id;
-        let mut members = Vec::with_capacity(listed.members.len());
-        for m in listed.members {
-            let etcd_addr = if m.id == me {
-                self.etcd_addr.clone()
-            } else {
-                etcd_addr_of(&m.client_addr).await
-            };
-            members.push(Member {
-                id: m.id,
-                name: format!("node{}", m.id),
-                peer_ur_ls: vec![url(&m.peer_addr)],
-                client_ur_ls: if etcd_addr.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![url(&etcd_addr)]
-                },
-                is_learner: !m.voter,
-            });
-        }
+        let members = self.etcd_members(listed.members).await?;
         Ok(Response::new(MemberListResponse {
             header: convert::header(listed.header),
             members,
@@ -203,14 +238,22 @@ impl EtcdCluster for EtcdMaintenance {
     }
 
     async fn member_add(&self, _request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unimplemented("MemberAdd (use `raftkv member add`)"))
+        Err(unimplemented(
+            "MemberAdd: a raftkv node is added with its id and client address as well as its peer URL \
+             (use `raftkv member add ID CLIENT@PEER`, or start it with --join)",
+        ))
     }
 
     async fn member_remove(
         &self,
-        _request: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(unimplemented("MemberRemove (use `raftkv member remove`)"))
+        let id = request.into_inner().id;
+        let removed = on_leader!(self, RemoveMemberRequest { id }, remove_member)?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: convert::header(removed.header),
+            members: self.etcd_members(removed.members).await?,
+        }))
     }
 
     async fn member_update(
@@ -222,8 +265,13 @@ impl EtcdCluster for EtcdMaintenance {
 
     async fn member_promote(
         &self,
-        _request: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(unimplemented("MemberPromote (use `raftkv member promote`)"))
+        let id = request.into_inner().id;
+        let promoted = on_leader!(self, PromoteMemberRequest { id }, promote_member)?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: convert::header(promoted.header),
+            members: self.etcd_members(promoted.members).await?,
+        }))
     }
 }
