@@ -137,12 +137,12 @@ pub async fn run(client: &Client, command: LeaseCommand, json: bool) -> u8 {
 async fn keep_alive(client: &Client, id: u64) -> u8 {
     let mut interrupt = crate::interrupt::Interrupt::listen();
     // The TTL the lease was granted with sets the keep-alive pace.
-    let ttl = match client.lease_keep_alive_once(id).await {
-        Ok(r) => Duration::from_millis(r.ttl_ms),
+    let ttl_ms = match client.lease_keep_alive_once(id).await {
+        Ok(r) => r.ttl_ms,
         Err(e) => return fail(e),
     };
-    println!("lease {id:x} kept alive, TTL {}", seconds(millis(ttl)));
-    let keep = client.keep_lease_alive(id, ttl);
+    println!("lease {id:x} kept alive, TTL {}", seconds(ttl_ms));
+    let keep = client.keep_lease_alive(id, Duration::from_millis(ttl_ms));
     let mut states = keep.subscribe();
     let mut last = LeaseState::Alive;
     loop {
@@ -171,10 +171,6 @@ async fn keep_alive(client: &Client, id: u64) -> u8 {
             }
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::driver::{Driver, OpError};
 use super::report::BenchReport;
-use super::{config_error, cpu_seconds, new_histogram, BenchArgs, ClientSettings};
+use super::{config_error, cpu_seconds, elections_between, new_histogram, BenchArgs, ClientSettings};
 
 /// What one keep-alive task measured.
 struct TaskResult {
@@ -153,10 +153,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
         errors,
         txn_conflicts: 0,
         generator_cpu_percent: 100.0 * cpu / start.elapsed().as_secs_f64().max(f64::EPSILON),
-        elections: match (term_before, term_after) {
-            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-            _ => None,
-        },
+        elections: elections_between(term_before, term_after),
         watchers: None,
         writes: None,
     })

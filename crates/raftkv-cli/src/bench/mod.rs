@@ -232,6 +232,12 @@ impl KeySpace {
     }
 }
 
+/// Elections held during a run, from the highest term before and after it (unknown if either
+/// could not be read).
+pub fn elections_between(term_before: Option<u64>, term_after: Option<u64>) -> Option<u64> {
+    Some(term_after?.saturating_sub(term_before?))
+}
+
 /// CPU seconds this process has used (user + system).
 pub fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct we pass; a zeroed rusage is a valid initial value.
@@ -490,10 +496,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
         errors,
         txn_conflicts,
         generator_cpu_percent: 100.0 * cpu / total_secs,
-        elections: match (term_before, term_after) {
-            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-            _ => None,
-        },
+        elections: elections_between(term_before, term_after),
         watchers: None,
         writes: None,
     })

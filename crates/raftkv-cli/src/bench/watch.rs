@@ -18,7 +18,9 @@ use tokio::time::Instant;
 
 use super::driver::OpError;
 use super::report::BenchReport;
-use super::{config_error, cpu_seconds, new_histogram, prepare, BenchArgs, ClientSettings, KEY_PREFIX};
+use super::{
+    config_error, cpu_seconds, elections_between, new_histogram, prepare, BenchArgs, ClientSettings, KEY_PREFIX,
+};
 
 /// How long watchers keep receiving after the writers stop (the last puts' events).
 const WATCH_GRACE: Duration = Duration::from_millis(500);
@@ -151,10 +153,7 @@ pub async fn run(args: &BenchArgs, raftkv_endpoints: &str, client: &ClientSettin
         errors,
         txn_conflicts: 0,
         generator_cpu_percent: 100.0 * cpu / origin.elapsed().as_secs_f64().max(f64::EPSILON),
-        elections: match (term_before, term_after) {
-            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-            _ => None,
-        },
+        elections: elections_between(term_before, term_after),
         watchers: Some(args.watchers),
         writes: Some(writes.load(Ordering::Relaxed)),
     })
