@@ -286,8 +286,11 @@ impl RunningNode {
             gate.clone(),
             4 * 1024 * 1024,
         );
+        // One forwarder for every etcd service: writes, lease and membership calls that reach a
+        // follower share its route to the leader.
+        let etcd_forwarder = Arc::new(LeaderForwarder::new(tls.client_server.is_none()));
         let etcd_kv = ClientGate::new(
-            EtcdKvServer::new(EtcdKv::new(calls.clone(), tls.client_server.is_none()))
+            EtcdKvServer::new(EtcdKv::new(calls.clone(), etcd_forwarder.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
             gate.clone(),
             MAX_CLIENT_MESSAGE_BYTES,
@@ -299,7 +302,7 @@ impl RunningNode {
         let etcd_lease = ClientGate::new(
             EtcdLeaseServer::new(EtcdLease::new(
                 LeaseService::new(calls.clone(), lease_keeper.clone(), config.min_lease_ttl_ms()),
-                Arc::new(LeaderForwarder::new(tls.client_server.is_none())),
+                etcd_forwarder.clone(),
                 config.min_lease_ttl_ms(),
             )),
             gate.clone(),
@@ -321,7 +324,7 @@ impl RunningNode {
         let etcd_maintenance = Arc::new(EtcdMaintenance::new(
             ClusterService::new(calls.clone()).with_etcd_addr(etcd_bound.clone()),
             etcd_bound.clone().unwrap_or_default(),
-            Arc::new(LeaderForwarder::new(tls.client_server.is_none())),
+            etcd_forwarder,
         ));
         let etcd_maintenance_server = ClientGate::new(
             MaintenanceServer::from_arc(etcd_maintenance.clone()),

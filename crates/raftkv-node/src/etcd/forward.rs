@@ -126,6 +126,27 @@ impl LeaderForwarder {
     }
 }
 
+/// Calls the native service's `$method` with `$req` here; when that answers "not the leader"
+/// and forwarding is on, calls the same method on the leader's native API through `$client`
+/// (the service's generated client). Evaluates to the reply message or the status.
+macro_rules! here_or_on_leader {
+    ($forwarder:expr, $native:expr, $client:ident, $method:ident, $req:expr) => {{
+        let req = $req;
+        match $native.$method(tonic::Request::new(req.clone())).await {
+            Err(status) => match $forwarder.leader_of(&status) {
+                Some(leader) => {
+                    let channel = $forwarder.native(&leader).await?;
+                    $client::new(channel).$method(tonic::Request::new(req)).await
+                }
+                None => Err(status),
+            },
+            ok => ok,
+        }
+        .map(tonic::Response::into_inner)
+    }};
+}
+pub(crate) use here_or_on_leader;
+
 /// `message` as a forwarded request: marked, and carrying the caller's credentials.
 pub fn forwarded_request<T>(message: T, md: &MetadataMap) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -5,6 +5,8 @@
 //! revision is answered exactly as etcd answers one behind its compaction point, and a read at
 //! the current revision is served.
 
+use std::sync::Arc;
+
 use raftkv_proto::etcd::etcdserverpb::kv_client::KvClient;
 use raftkv_proto::etcd::etcdserverpb::kv_server::Kv;
 use raftkv_proto::etcd::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -37,7 +39,7 @@ const MAX_RANGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct EtcdKv {
     core: NodeCore,
     calls: ApiCalls,
-    forwarder: LeaderForwarder,
+    forwarder: Arc<LeaderForwarder>,
 }
 
 /// What became of a write: applied here, or passed on to the leader, whose answer this is.
@@ -58,13 +60,12 @@ fn not_sent(status: &Status) -> bool {
 }
 
 impl EtcdKv {
-    /// `forward`: pass writes on to the leader when this node does not lead (see
-    /// [`LeaderForwarder`]).
-    pub fn new(calls: ApiCalls, forward: bool) -> Self {
+    /// Writes that reach this node when it does not lead go on through `forwarder`.
+    pub fn new(calls: ApiCalls, forwarder: Arc<LeaderForwarder>) -> Self {
         Self {
             core: calls.core().clone(),
             calls,
-            forwarder: LeaderForwarder::new(forward),
+            forwarder,
         }
     }
 
@@ -378,28 +379,18 @@ impl Kv for EtcdKv {
                         count: convert::revision(result.count),
                     }));
                 }
-                let mut kvs: Vec<KeyValue> = result.kvs.into_iter().filter(|kv| passes_filters(&r, kv)).collect();
-                sort(&r, &mut kvs)?;
-                // etcd's count is every match, whatever the limit.
-                let count = if result.more {
-                    let all = reader
+                let (kvs, mut more, mut count) = shape(&r, result.kvs)?;
+                if result.more {
+                    // The store stopped at the limit (nothing to filter or sort first): there is
+                    // more, and etcd's count is every match, whatever the limit.
+                    more = true;
+                    count = reader
                         .range(&range_query(&r, &sel, usize::MAX, true)?)
-                        .map_err(ApiError::from)?;
-                    all.count
-                } else {
-                    kvs.len() as u64
-                };
-                let more = limit > 0 && (kvs.len() > limit || result.more);
-                if limit > 0 {
-                    kvs.truncate(limit);
+                        .map_err(ApiError::from)?
+                        .count;
                 }
                 if r.count_only {
-                    return Ok(Response::new(RangeResponse {
-                        header,
-                        kvs: Vec::new(),
-                        more: false,
-                        count: convert::revision(count),
-                    }));
+                    more = false;
                 }
                 let kvs = kvs.into_iter().map(|kv| self.etcd_kv(kv)).collect::<Result<_, _>>()?;
                 Ok(Response::new(RangeResponse {

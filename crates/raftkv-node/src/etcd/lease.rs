@@ -23,11 +23,13 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::api::lease_service::LeaseService;
 use crate::etcd::convert::{self, message, non_negative};
-use crate::etcd::forward::LeaderForwarder;
+use crate::etcd::forward::{here_or_on_leader, LeaderForwarder};
 
 /// etcd's message for a grant of an id in use.
 const LEASE_EXISTS: &str = "etcdserver: lease already exists";
 
+/// Cheap to clone (the keep-alive stream holds one).
+#[derive(Clone)]
 pub struct EtcdLease {
     native: Arc<LeaseService>,
     forwarder: Arc<LeaderForwarder>,
@@ -57,30 +59,12 @@ fn etcd_status(s: Status) -> Status {
     }
 }
 
-/// Calls the native service here, or, on "not the leader", the leader's native API.
-macro_rules! on_leader {
-    ($self:ident, $req:expr, $method:ident) => {{
-        let req = $req;
-        match $self.native.$method(Request::new(req.clone())).await {
-            Err(status) => match $self.forwarder.leader_of(&status) {
-                Some(leader) => {
-                    let channel = $self.forwarder.native(&leader).await?;
-                    LeaseClient::new(channel).$method(Request::new(req)).await
-                }
-                None => Err(status),
-            },
-            ok => ok,
-        }
-        .map(Response::into_inner)
-    }};
-}
-
 impl EtcdLease {
     async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
         let req = native::LeaseKeepAliveRequest {
             id: non_negative("lease ID", id)?,
         };
-        match on_leader!(self, req, keep_alive_once) {
+        match here_or_on_leader!(self.forwarder, self.native, LeaseClient, keep_alive_once, req) {
             Ok(r) => Ok(LeaseKeepAliveResponse {
                 header: convert::header(r.header),
                 id,
@@ -108,7 +92,7 @@ impl EtcdLeaseApi for EtcdLease {
             ttl_ms: non_negative("TTL", ttl)?.saturating_mul(1000),
             id: non_negative("lease ID", r.id)?,
         };
-        let granted = on_leader!(self, req, grant).map_err(etcd_status)?;
+        let granted = here_or_on_leader!(self.forwarder, self.native, LeaseClient, grant, req).map_err(etcd_status)?;
         Ok(Response::new(LeaseGrantResponse {
             header: convert::header(granted.header),
             id: convert::revision(granted.id),
@@ -124,7 +108,7 @@ impl EtcdLeaseApi for EtcdLease {
         let req = native::LeaseRevokeRequest {
             id: non_negative("lease ID", request.into_inner().id)?,
         };
-        let revoked = on_leader!(self, req, revoke).map_err(etcd_status)?;
+        let revoked = here_or_on_leader!(self.forwarder, self.native, LeaseClient, revoke, req).map_err(etcd_status)?;
         Ok(Response::new(LeaseRevokeResponse {
             header: convert::header(revoked.header),
         }))
@@ -136,12 +120,7 @@ impl EtcdLeaseApi for EtcdLease {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let this = EtcdLease {
-            native: self.native.clone(),
-            forwarder: self.forwarder.clone(),
-            min_ttl_secs: self.min_ttl_secs,
-        };
-        let this = Arc::new(this);
+        let this = self.clone();
         let replies = request.into_inner().then(move |message| {
             let this = this.clone();
             async move {
@@ -163,7 +142,7 @@ impl EtcdLeaseApi for EtcdLease {
             id: non_negative("lease ID", r.id)?,
             keys: r.keys,
         };
-        match on_leader!(self, req, time_to_live) {
+        match here_or_on_leader!(self.forwarder, self.native, LeaseClient, time_to_live, req) {
             Ok(t) => Ok(Response::new(LeaseTimeToLiveResponse {
                 header: convert::header(t.header),
                 id: r.id,
@@ -187,7 +166,13 @@ impl EtcdLeaseApi for EtcdLease {
         &self,
         _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let listed = on_leader!(self, native::LeasesRequest {}, leases)?;
+        let listed = here_or_on_leader!(
+            self.forwarder,
+            self.native,
+            LeaseClient,
+            leases,
+            native::LeasesRequest {}
+        )?;
         Ok(Response::new(LeaseLeasesResponse {
             header: convert::header(listed.header),
             leases: listed

@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::cluster_service::ClusterService;
 use crate::etcd::convert;
-use crate::etcd::forward::LeaderForwarder;
+use crate::etcd::forward::{here_or_on_leader, LeaderForwarder};
 
 /// The etcd API version raftkv's etcd port speaks (what `etcdctl endpoint status` shows).
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -40,24 +40,6 @@ pub struct EtcdMaintenance {
     native: ClusterService,
     etcd_addr: String,
     forwarder: Arc<LeaderForwarder>,
-}
-
-/// Calls the native membership RPC here, or, on "not the leader", on the leader's native API.
-macro_rules! on_leader {
-    ($self:ident, $req:expr, $method:ident) => {{
-        let req = $req;
-        match $self.native.$method(Request::new(req.clone())).await {
-            Err(status) => match $self.forwarder.leader_of(&status) {
-                Some(leader) => {
-                    let channel = $self.forwarder.native(&leader).await?;
-                    ClusterClient::new(channel).$method(Request::new(req)).await
-                }
-                None => Err(status),
-            },
-            ok => ok,
-        }
-        .map(Response::into_inner)
-    }};
 }
 
 impl EtcdMaintenance {
@@ -249,7 +231,13 @@ impl EtcdCluster for EtcdMaintenance {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
-        let removed = on_leader!(self, RemoveMemberRequest { id }, remove_member)?;
+        let removed = here_or_on_leader!(
+            self.forwarder,
+            self.native,
+            ClusterClient,
+            remove_member,
+            RemoveMemberRequest { id }
+        )?;
         Ok(Response::new(MemberRemoveResponse {
             header: convert::header(removed.header),
             members: self.etcd_members(removed.members).await?,
@@ -268,7 +256,13 @@ impl EtcdCluster for EtcdMaintenance {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
-        let promoted = on_leader!(self, PromoteMemberRequest { id }, promote_member)?;
+        let promoted = here_or_on_leader!(
+            self.forwarder,
+            self.native,
+            ClusterClient,
+            promote_member,
+            PromoteMemberRequest { id }
+        )?;
         Ok(Response::new(MemberPromoteResponse {
             header: convert::header(promoted.header),
             members: self.etcd_members(promoted.members).await?,
