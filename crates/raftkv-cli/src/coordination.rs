@@ -89,13 +89,11 @@ pub async fn lock(client: &Client, name: &str, ttl: Duration, command: &[String]
             }
         }
     };
-    match guard.unlock().await {
-        Ok(()) | Err(ClientError::NotFound(_)) => code,
-        Err(e) => {
-            eprintln!("raftkv: could not release the lock {name} ({e}); it goes when its lease expires");
-            code
-        }
+    // A lease already gone counts as released (unlock says so).
+    if let Err(e) = guard.unlock().await {
+        eprintln!("raftkv: could not release the lock {name} ({e}); it goes when its lease expires");
     }
+    code
 }
 
 fn signal_of(status: &std::process::ExitStatus) -> u8 {
@@ -140,13 +138,10 @@ pub async fn elect(client: &Client, name: &str, value: Option<String>, ttl: Dura
             EXIT_SERVER_ERROR
         }
     };
-    match leadership.resign().await {
-        Ok(()) | Err(ClientError::NotFound(_)) => code,
-        Err(e) => {
-            eprintln!("raftkv: could not resign {name} ({e}); the next candidate leads when the lease expires");
-            code
-        }
+    if let Err(e) = leadership.resign().await {
+        eprintln!("raftkv: could not resign {name} ({e}); the next candidate leads when the lease expires");
     }
+    code
 }
 
 async fn observe(client: &Client, name: &str, json: bool, mut interrupt: Interrupt) -> u8 {

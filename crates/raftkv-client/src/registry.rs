@@ -351,10 +351,7 @@ impl Registration {
             ..
         } = self;
         keep_alive.stop().await;
-        match client.lease_revoke(lease).await {
-            Ok(_) | Err(ClientError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        client.release_lease(lease).await
     }
 }
 

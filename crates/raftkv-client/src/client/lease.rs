@@ -55,6 +55,15 @@ impl Client {
         .await
     }
 
+    /// Revokes lease `id` when giving it up: a lease that is already gone (expired, revoked)
+    /// is what was wanted, not an error.
+    pub(crate) async fn release_lease(&self, id: u64) -> Result<(), ClientError> {
+        match self.lease_revoke(id).await {
+            Ok(_) | Err(ClientError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Restarts lease `id`'s TTL once. `NotFound` when the lease is gone.
     pub async fn lease_keep_alive_once(&self, id: u64) -> Result<LeaseKeepAliveResponse, ClientError> {
         self.lease_keep_alive_within(id, None).await

@@ -19,6 +19,7 @@ use super::queue;
 use super::ELECTION_PREFIX;
 use crate::client::{Client, LeaseState, WatchOptions, Watcher};
 use crate::error::ClientError;
+use crate::prefix::read_prefix;
 use crate::txn;
 
 /// Who leads an election: the key and value of the candidate at the head of its queue.
@@ -69,7 +70,7 @@ impl Client {
     /// Who leads election `name` now (linearizable); `None` when nobody campaigns.
     pub async fn election_leader(&self, name: &str) -> Result<Option<Leader>, ClientError> {
         let prefix = queue::queue_prefix(ELECTION_PREFIX, name)?;
-        let (kvs, _) = queue::members(self, &prefix).await?;
+        let (kvs, _) = read_prefix(self, &prefix).await?;
         Ok(head(&members_of(kvs)))
     }
 
@@ -77,7 +78,7 @@ impl Client {
     /// the leader's value), starting with the current one.
     pub async fn observe_election(&self, name: &str) -> Result<LeaderObserver, ClientError> {
         let prefix = queue::queue_prefix(ELECTION_PREFIX, name)?;
-        let (kvs, revision) = queue::members(self, &prefix).await?;
+        let (kvs, revision) = read_prefix(self, &prefix).await?;
         let watcher = self
             .watch(WatchOptions::prefix(prefix.clone()).from_revision(revision + 1))
             .await?;
@@ -156,7 +157,8 @@ impl Leadership {
         }
     }
 
-    /// Steps down: revokes the lease, which deletes the leader key so the next candidate leads.
+    /// Steps down: revokes the lease, which deletes the leader key so the next candidate leads
+    /// (a lease already gone is not an error).
     pub async fn resign(self) -> Result<(), ClientError> {
         self.held.release().await
     }
@@ -201,7 +203,7 @@ impl LeaderObserver {
                 }
                 Err(ClientError::Compacted { .. }) => {
                     // Missed changes are gone from history: read the queue afresh.
-                    let (kvs, revision) = queue::members(&self.client, &self.prefix).await?;
+                    let (kvs, revision) = read_prefix(&self.client, &self.prefix).await?;
                     self.members = members_of(kvs);
                     self.watcher = self
                         .client

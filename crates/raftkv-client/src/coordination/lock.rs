@@ -36,10 +36,7 @@ impl RevokeOnDrop {
     /// Revokes now; a lease that is already gone is not an error.
     pub(super) async fn revoke(mut self) -> Result<(), ClientError> {
         let Some(lease) = self.lease.take() else { return Ok(()) };
-        match self.client.lease_revoke(lease).await {
-            Ok(_) | Err(ClientError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.client.release_lease(lease).await
     }
 }
 
@@ -180,7 +177,8 @@ impl LockGuard {
         self.client.txn(req, None).await
     }
 
-    /// Releases the lock: revokes its lease, which deletes the key and wakes the next waiter.
+    /// Releases the lock: revokes its lease, which deletes the key and wakes the next waiter
+    /// (a lease already gone is not an error: the lock is released either way).
     pub async fn unlock(self) -> Result<(), ClientError> {
         self.held.release().await
     }

@@ -7,6 +7,7 @@ use raftkv_proto::v1::{txn_op_response, KeyValue, TxnRequest};
 
 use crate::client::{Client, WatchOptions};
 use crate::error::ClientError;
+use crate::prefix::read_prefix;
 use crate::txn;
 
 /// Longest recipe name accepted (lock or election).
@@ -77,12 +78,6 @@ pub(crate) async fn enqueue(client: &Client, prefix: &[u8], lease: u64, value: V
     }
 }
 
-/// Every key under `prefix` (linearizable), and a revision to watch from (+ 1) so that no
-/// later change is missed.
-pub(crate) async fn members(client: &Client, prefix: &[u8]) -> Result<(Vec<KeyValue>, u64), ClientError> {
-    crate::prefix::read_prefix(client, prefix).await
-}
-
 /// The key just ahead of `place` in `kvs` (the highest create revision below its own).
 fn just_ahead<'a>(kvs: &'a [KeyValue], place: &Place) -> Option<&'a KeyValue> {
     kvs.iter()
@@ -94,7 +89,7 @@ fn just_ahead<'a>(kvs: &'a [KeyValue], place: &Place) -> Option<&'a KeyValue> {
 /// the contender's own key is gone (its lease expired or was revoked).
 pub(crate) async fn wait_for_head(client: &Client, prefix: &[u8], place: &Place) -> Result<(), ClientError> {
     loop {
-        let (kvs, revision) = members(client, prefix).await?;
+        let (kvs, revision) = read_prefix(client, prefix).await?;
         if !kvs
             .iter()
             .any(|kv| kv.key == place.key && kv.create_revision == place.revision)
