@@ -144,7 +144,6 @@ async fn keep_alive(client: &Client, id: u64) -> u8 {
     println!("lease {id:x} kept alive, TTL {}", seconds(ttl_ms));
     let keep = client.keep_lease_alive(id, Duration::from_millis(ttl_ms));
     let mut states = keep.subscribe();
-    let mut last = LeaseState::Alive;
     loop {
         tokio::select! {
             () = interrupt.wait() => {
@@ -155,11 +154,8 @@ async fn keep_alive(client: &Client, id: u64) -> u8 {
                 if changed.is_err() {
                     return EXIT_NOT_FOUND;
                 }
+                // Each change of state, not each keep-alive.
                 let state = *states.borrow_and_update();
-                if state == last {
-                    continue;
-                }
-                last = state;
                 match state {
                     LeaseState::Alive => println!("lease {id:x} confirmed again"),
                     LeaseState::Unconfirmed => eprintln!("raftkv: lease {id:x}: a keep-alive failed; retrying"),

@@ -104,25 +104,18 @@ async fn register_and_hold(client: &Client, name: &str, id: &str, spec: Instance
     ));
     let mut heartbeat = registration.subscribe();
     let heartbeat_changes = async {
-        // Every confirmed keep-alive re-sends Alive: report transitions only. A lost lease is
-        // reported by the `lost()` branch below; this one then never completes.
-        let mut last = *heartbeat.borrow_and_update();
+        // The heartbeat's receiver wakes on each change of state, not each keep-alive. A lost
+        // lease is reported by the `lost()` branch below; this one then never completes.
         loop {
             if heartbeat.changed().await.is_err() {
                 return std::future::pending::<()>().await;
             }
             let state = *heartbeat.borrow_and_update();
-            match (last, state) {
-                (_, LeaseState::Lost) => return std::future::pending::<()>().await,
-                (LeaseState::Alive, LeaseState::Unconfirmed) => {
-                    eprintln!("raftkv: heartbeat of {name}/{id} not confirmed, retrying")
-                }
-                (LeaseState::Unconfirmed, LeaseState::Alive) => {
-                    eprintln!("raftkv: heartbeat of {name}/{id} confirmed again")
-                }
-                _ => {}
+            match state {
+                LeaseState::Lost => return std::future::pending::<()>().await,
+                LeaseState::Unconfirmed => eprintln!("raftkv: heartbeat of {name}/{id} not confirmed, retrying"),
+                LeaseState::Alive => eprintln!("raftkv: heartbeat of {name}/{id} confirmed again"),
             }
-            last = state;
         }
     };
     tokio::select! {

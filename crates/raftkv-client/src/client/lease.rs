@@ -167,7 +167,7 @@ impl LeaseKeepAlive {
         *self.state.borrow()
     }
 
-    /// A receiver of the lease's state changes.
+    /// A receiver of the lease's state: it sees each change of state, not each keep-alive.
     pub fn subscribe(&self) -> watch::Receiver<LeaseState> {
         self.state.clone()
     }
@@ -191,6 +191,12 @@ impl Drop for LeaseKeepAlive {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// Moves the lease to `new`, waking subscribers only on a change of state (not on every
+/// confirmed keep-alive).
+fn set_state(state: &watch::Sender<LeaseState>, new: LeaseState) {
+    state.send_if_modified(|s| std::mem::replace(s, new) != new);
 }
 
 async fn keep_alive_loop(
@@ -223,12 +229,12 @@ async fn keep_alive_loop(
         match outcome {
             Ok(reply) if reply.ttl_ms > 0 => {
                 confirmed_until = sent + Duration::from_millis(reply.ttl_ms);
-                state.send_replace(LeaseState::Alive);
+                set_state(&state, LeaseState::Alive);
                 next = sent + interval;
             }
             Ok(_) | Err(ClientError::NotFound(_)) => {
                 tracing::warn!(lease = format!("{id:x}"), "lease lost: the cluster no longer has it");
-                state.send_replace(LeaseState::Lost);
+                set_state(&state, LeaseState::Lost);
                 return;
             }
             Err(e) => {
@@ -237,11 +243,11 @@ async fn keep_alive_loop(
                         lease = format!("{id:x}"),
                         "lease lost: no keep-alive confirmed for a whole TTL ({e})"
                     );
-                    state.send_replace(LeaseState::Lost);
+                    set_state(&state, LeaseState::Lost);
                     return;
                 }
                 tracing::debug!(lease = format!("{id:x}"), "keep-alive failed, retrying: {e}");
-                state.send_replace(LeaseState::Unconfirmed);
+                set_state(&state, LeaseState::Unconfirmed);
                 next = Instant::now() + MIN_KEEP_ALIVE_INTERVAL;
             }
         }
