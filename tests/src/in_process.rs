@@ -203,8 +203,19 @@ impl InProcessCluster {
     /// Starts a pristine node `id` that is not a member (add it with `Client::add_member`);
     /// returns its client and peer addresses.
     pub async fn start_pristine(&mut self, id: NodeId, tune: impl Fn(&mut NodeConfig)) -> anyhow::Result<NodeAddr> {
-        let client = TcpListener::bind("127.0.0.1:0").await?;
         let peer = TcpListener::bind("127.0.0.1:0").await?;
+        self.start_pristine_on(id, peer, tune).await
+    }
+
+    /// [`Self::start_pristine`] on a peer listener bound beforehand (its address was given to
+    /// the cluster before the node started, as etcd's MemberAdd takes it).
+    pub async fn start_pristine_on(
+        &mut self,
+        id: NodeId,
+        peer: TcpListener,
+        tune: impl Fn(&mut NodeConfig),
+    ) -> anyhow::Result<NodeAddr> {
+        let client = TcpListener::bind("127.0.0.1:0").await?;
         let mut config = NodeConfig::new(
             id,
             self.dir.path().join(format!("node{id}")),

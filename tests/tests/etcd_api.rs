@@ -17,10 +17,11 @@ use raftkv_proto::etcd::etcdserverpb::{
     compare, request_op, response_op, watch_request, AlarmRequest, AuthStatusRequest, AuthUserAddRequest,
     AuthenticateRequest, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
     LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberAddRequest, MemberListRequest,
-    MemberRemoveRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest, WatchCreateRequest,
-    WatchRequest,
+    MemberPromoteRequest, MemberRemoveRequest, PutRequest, RangeRequest, RequestOp, SnapshotRequest, StatusRequest,
+    TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use raftkv_tests::in_process::InProcessCluster;
+use raftkv_tests::wait;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -288,6 +289,21 @@ async fn followers_forward_writes_and_the_cluster_describes_itself() -> anyhow::
     assert!(status.raft_index > 0 && status.raft_term > 0 && status.db_size > 0 && !status.is_learner);
     let alarms = maintenance.alarm(AlarmRequest::default()).await?.into_inner();
     assert!(alarms.alarms.is_empty());
+    // Snapshot streams a raftkv backup file of the answering node, counting down to 0.
+    let mut snapshot = maintenance.snapshot(SnapshotRequest {}).await?.into_inner();
+    let (mut file, mut remaining, mut headers) = (Vec::new(), Vec::new(), 0);
+    while let Some(chunk) = snapshot.message().await? {
+        headers += usize::from(chunk.header.is_some());
+        file.extend_from_slice(&chunk.blob);
+        remaining.push(chunk.remaining_bytes);
+    }
+    assert_eq!(headers, 1, "a header on the first message only");
+    assert_eq!(remaining.last(), Some(&0));
+    assert_eq!(file.len() % 512, 32, "the length etcdctl's snapshot save checks for");
+    assert!(remaining.windows(2).all(|w| w[0] > w[1]), "{remaining:?}");
+    let (meta, data) = raftkv_proto::backup::read_backup(&file[..])?;
+    assert_eq!(meta.node_id, follower);
+    assert!(meta.last_index > 0 && !data.is_empty());
 
     let mut members = ClusterClient::connect(addr(follower)).await?;
     let listed = members.member_list(MemberListRequest::default()).await?.into_inner();
@@ -311,12 +327,117 @@ async fn followers_forward_writes_and_the_cluster_describes_itself() -> anyhow::
     let mut expected: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != victim).collect();
     expected.sort();
     assert_eq!(left, expected);
-    let err = members
-        .member_add(MemberAddRequest::default())
+    cluster.shutdown().await;
+    Ok(())
+}
+
+fn add_member(peer: &str, is_learner: bool) -> MemberAddRequest {
+    MemberAddRequest {
+        peer_ur_ls: vec![peer.to_string()],
+        is_learner,
+    }
+}
+
+/// etcd's way of growing a cluster: MemberAdd registers a member that has not started (only
+/// its peer URL is known; raftkv picks its id), then the node starts with that id and
+/// `--join`, publishes its client address, and keeps the role MemberAdd gave it.
+/// - MemberAdd through a follower: id 4, a learner, no name, no client URL; the same peer URL
+///   again, or one that is not a URL, is refused.
+/// - Node 4 started on that peer address: MemberList then names it with its etcd address, it
+///   replicates the data, and is still a learner until MemberPromote.
+/// - A voter registered and never started (id 5) counts in the membership and is removed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_member_add_registers_a_member_that_joins_when_started() -> anyhow::Result<()> {
+    let mut cluster = cluster_with_etcd_ports(|_| {}).await?;
+    let leader = cluster.wait_for_leader(T).await?;
+    let follower = cluster.a_follower(leader)?;
+    let mut members = ClusterClient::connect(etcd_url(&cluster, follower)).await?;
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let peer_url = format!("http://{}", peer.local_addr()?);
+
+    let added = members.member_add(add_member(&peer_url, true)).await?.into_inner();
+    let member = added.member.ok_or_else(|| anyhow::anyhow!("the added member"))?;
+    assert_eq!(
+        (member.id, member.name.as_str(), member.is_learner),
+        (4, "", true),
+        "{member:?}"
+    );
+    assert_eq!(
+        (member.peer_ur_ls, member.client_ur_ls.len()),
+        (vec![peer_url.clone()], 0)
+    );
+    assert_eq!(added.members.len(), 4);
+    let again = members
+        .member_add(add_member(&peer_url, true))
         .await
-        .expect_err("MemberAdd");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("raftkv member add"), "{}", err.message());
+        .expect_err("a peer URL in use");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(again.message().contains("peerURL exists"), "{}", again.message());
+    let bad = members
+        .member_add(add_member("http://nowhere/x", false))
+        .await
+        .expect_err("not a URL");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{}", bad.message());
+
+    let mut kv = etcd_kv(&cluster, leader).await?;
+    kv.put(put("before-4", "x")).await?;
+    let join = vec![cluster.client_addr(leader)];
+    cluster
+        .start_pristine_on(4, peer, |c| {
+            c.join = join.clone();
+            c.etcd_addr = Some(([127, 0, 0, 1], 0).into());
+        })
+        .await?;
+    let url4 = etcd_url(&cluster, 4);
+    let started = wait::until(T, "node 4 to publish its client address", || {
+        let mut members = members.clone();
+        async move {
+            let listed = members
+                .member_list(MemberListRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            listed
+                .members
+                .into_iter()
+                .find(|m| m.id == 4 && !m.client_ur_ls.is_empty())
+        }
+    })
+    .await?;
+    assert_eq!(
+        (started.name.as_str(), started.client_ur_ls, started.is_learner),
+        ("node4", vec![url4.clone()], true),
+        "named, reachable, and still the learner MemberAdd made it"
+    );
+    let mut kv4 = KvClient::connect(url4).await?;
+    let serializable = RangeRequest {
+        serializable: true,
+        ..range("before-4", "")
+    };
+    wait::until(T, "node 4 to hold the data", || {
+        let (mut kv4, r) = (kv4.clone(), serializable.clone());
+        async move { (values(&kv4.range(r).await.ok()?.into_inner()) == ["x"]).then_some(()) }
+    })
+    .await?;
+    let promoted = members
+        .member_promote(MemberPromoteRequest { id: 4 })
+        .await?
+        .into_inner();
+    assert!(promoted.members.iter().any(|m| m.id == 4 && !m.is_learner));
+    assert_eq!(values(&kv4.range(range("before-4", "")).await?.into_inner()), ["x"]);
+
+    let unstarted = members
+        .member_add(add_member("http://127.0.0.1:9", false))
+        .await?
+        .into_inner()
+        .member
+        .ok_or_else(|| anyhow::anyhow!("the added member"))?;
+    assert_eq!((unstarted.id, unstarted.is_learner), (5, false));
+    kv.put(put("with-5-registered", "y")).await?;
+    let removed = members.member_remove(MemberRemoveRequest { id: 5 }).await?.into_inner();
+    let mut left: Vec<u64> = removed.members.iter().map(|m| m.id).collect();
+    left.sort();
+    assert_eq!(left, [1, 2, 3, 4]);
     cluster.shutdown().await;
     Ok(())
 }

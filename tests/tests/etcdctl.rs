@@ -1,6 +1,7 @@
 //! etcd's own command-line tool, `etcdctl` (v3 API), against raftkv's etcd port: put, get
 //! --prefix, del, txn (interactive input), watch, lease grant / keep-alive / revoke, lock,
-//! elect, member list, endpoint status, move-leader — and a stream of `etcdctl put`s across a SIGKILL of
+//! elect, member list / add / remove, endpoint status, snapshot save (restored with `raftkvd
+//! restore`), move-leader — and a stream of `etcdctl put`s across a SIGKILL of
 //! the leader that loses no acknowledged write. Skipped, with a message, on a machine without
 //! etcdctl (Debian: `apt-get install etcd-client`).
 
@@ -203,6 +204,50 @@ async fn etcdctl_works_against_raftkv() -> anyhow::Result<()> {
     let status = etcdctl.run(&["endpoint", "status"])?;
     assert_eq!(status.lines().count(), 3, "{status}");
     assert!(status.contains("3.5.0"), "{status}");
+
+    // member add registers an unstarted member (raftkv picks its id); member remove drops it.
+    let added = etcdctl.run(&[
+        "member",
+        "add",
+        "node4",
+        &format!("--peer-urls=http://127.0.0.1:{}", free_port()),
+        "--learner",
+    ])?;
+    assert!(added.contains("added to cluster"), "{added}");
+    let new_id = added
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no member id in {added}"))?
+        .to_string();
+    assert_eq!(new_id, "4", "{added}");
+    let listed = etcdctl.run(&["member", "list"])?;
+    assert!(listed.contains("4, unstarted"), "{listed}");
+    let removed = etcdctl.run(&["member", "remove", &new_id])?;
+    assert!(removed.contains("removed from cluster"), "{removed}");
+
+    // snapshot save (one endpoint, as etcdctl requires) writes a raftkv backup file, which
+    // `raftkvd restore` turns into a new cluster's data directory.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("etcd.snapshot");
+    let file_arg = file.to_string_lossy().into_owned();
+    let one = Etcdctl {
+        bin: etcdctl.bin.clone(),
+        endpoints: endpoints[0].clone(),
+    };
+    let saved = one.run(&["snapshot", "save", &file_arg])?;
+    assert!(saved.contains("Snapshot saved at"), "{saved}");
+    let restored_dir = dir.path().join("restored");
+    let restored = Command::new(raftkv_tests::workspace_binary("raftkvd"))
+        .args(["restore", "--from", &file_arg, "--id", "1", "--data-dir"])
+        .arg(&restored_dir)
+        .args(["--client-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--peer-addr", &format!("127.0.0.1:{}", free_port())])
+        .output()?;
+    assert!(
+        restored.status.success(),
+        "raftkvd restore of etcdctl's snapshot: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
 
     // move-leader hands leadership to another member.
     let leader_now = || -> anyhow::Result<u64> {

@@ -23,7 +23,11 @@ fn members_text(r: &MembersResponse) -> String {
         };
         rows.push(vec![
             m.id.to_string(),
-            m.client_addr.clone(),
+            if m.client_addr.is_empty() {
+                "(unstarted)".to_string()
+            } else {
+                m.client_addr.clone()
+            },
             m.peer_addr.clone(),
             role.to_string(),
             m.matched_index.to_string(),

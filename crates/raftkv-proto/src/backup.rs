@@ -41,6 +41,11 @@ pub enum BackupError {
     Io(#[from] std::io::Error),
 }
 
+/// The length of the backup file `meta` describes (header, metadata, data, checksum).
+pub fn file_len(meta: &BackupMeta) -> u64 {
+    (MAGIC.len() + 1 + 4 + meta.encoded_len() + DIGEST_LEN) as u64 + meta.size_bytes
+}
+
 /// Writes a backup file from its metadata and data, computing the checksum.
 pub struct BackupWriter<W: Write> {
     out: W,
@@ -150,6 +155,7 @@ mod tests {
             last_term: 3,
             size_bytes: data.len() as u64,
             created_ms: 1,
+            padding: Vec::new(),
         };
         let mut w = BackupWriter::new(Vec::new(), &meta).unwrap();
         for chunk in data.chunks(1000) {
@@ -190,6 +196,19 @@ mod tests {
         let mut v2 = good.clone();
         v2[8] = 2;
         assert!(matches!(read_backup(&v2[..]), Err(BackupError::Version(2))));
+    }
+
+    #[test]
+    fn file_len_is_the_length_written_and_padding_is_read_past() {
+        let file = sample();
+        let (mut meta, data) = read_backup(&file[..]).unwrap();
+        assert_eq!(file_len(&meta), file.len() as u64);
+        meta.padding = vec![0; 300];
+        let mut w = BackupWriter::new(Vec::new(), &meta).unwrap();
+        w.write_data(&data).unwrap();
+        let padded = w.finish().unwrap();
+        assert_eq!(file_len(&meta), padded.len() as u64);
+        assert_eq!(read_backup(&padded[..]).unwrap(), (meta, data));
     }
 
     #[test]

@@ -190,6 +190,7 @@ impl Cluster for ClusterService {
                     last_term: last.map_or(0, |l| l.leader_id.term),
                     size_bytes: data.len() as u64,
                     created_ms: now_millis(),
+                    padding: Vec::new(),
                 };
                 let mut chunks = vec![Ok(BackupChunk {
                     chunk: Some(backup_chunk::Chunk::Meta(meta)),

@@ -86,7 +86,7 @@ pub async fn join(
         tracing::info!(via = %target, "asking the cluster to add this node");
         match client.add_member(request).await {
             Ok(_) => {
-                tracing::info!(id, "joined the cluster as a voter");
+                tracing::info!(id, "the cluster added this node");
                 return;
             }
             Err(status) => {

@@ -119,7 +119,14 @@ pub fn require_leader(core: &NodeCore) -> Result<(), ApiError> {
 
 /// Adds node `id` as a learner, waits until it catches up, and promotes it unless
 /// `learner_only`.
+///
+/// Without a client address it registers an *unstarted* member instead (etcd's MemberAdd):
+/// see [`register_unstarted`]. When that member's node then asks to be added with its real
+/// addresses (`raftkvd --join`), its client address is published and its role kept.
 pub async fn add(core: &NodeCore, id: NodeId, addr: NodeAddr, learner_only: bool) -> Result<(), ApiError> {
+    if addr.client_addr.is_empty() {
+        return register_unstarted(core, id, addr.peer_addr, learner_only).await;
+    }
     if id == 0 {
         return Err(ApiError::InvalidArgument("node ids start at 1".into()));
     }
@@ -141,6 +148,15 @@ pub async fn add(core: &NodeCore, id: NodeId, addr: NodeAddr, learner_only: bool
             .collect()
     };
     match existing.get(&id) {
+        Some((known, _)) if known.client_addr.is_empty() && known.peer_addr == addr.peer_addr => {
+            tracing::info!(id, %addr, "an unstarted member published its client address");
+            let nodes = BTreeMap::from([(id, addr)]);
+            core.raft
+                .change_membership(ChangeMembers::SetNodes(nodes), true)
+                .await
+                .map_err(|e| change_error(core.id, e))?;
+            return Ok(());
+        }
         Some((known, _)) if *known != addr => {
             return Err(ApiError::FailedPrecondition(format!(
                 "node {id} is already a member at {known}; a member's addresses cannot be changed by adding it again"
@@ -160,6 +176,52 @@ pub async fn add(core: &NodeCore, id: NodeId, addr: NodeAddr, learner_only: bool
         return Ok(());
     }
     wait_caught_up(core, id).await?;
+    promote(core, id).await
+}
+
+/// Registers a member that has not started yet, as etcd's MemberAdd does: only its peer address
+/// is known, and its id is `id` or (0) the next one never used. It is added as a learner
+/// without waiting for it, and made a voter at once unless `learner_only` (a voter that has
+/// not started counts against the quorum, as in etcd). Its node is then started with this id
+/// and `--join`, which publishes its client address.
+async fn register_unstarted(
+    core: &NodeCore,
+    id: NodeId,
+    peer_addr: String,
+    learner_only: bool,
+) -> Result<(), ApiError> {
+    valid_addr("peer address", &peer_addr)?;
+    require_leader(core)?;
+    let removed = core.store.reader().removed_ids()?;
+    let membership = core.raft.metrics().borrow_watched().membership_config.clone();
+    let membership = membership.membership();
+    if let Some((other, _)) = membership.nodes().find(|(_, n)| n.peer_addr == peer_addr) {
+        return Err(ApiError::FailedPrecondition(format!(
+            "peer address {peer_addr} is already node {other}'s (etcdserver: peerURL exists)"
+        )));
+    }
+    let id = if id == 0 {
+        let highest = membership.nodes().map(|(i, _)| *i).chain(removed.iter().copied()).max();
+        highest.unwrap_or(0) + 1
+    } else if removed.contains(&id) || membership.get_node(&id).is_some() {
+        return Err(ApiError::FailedPrecondition(format!(
+            "id {id} is or was a member of this cluster; give the new member another id (or 0 to pick one)"
+        )));
+    } else {
+        id
+    };
+    let addr = NodeAddr {
+        client_addr: String::new(),
+        peer_addr,
+    };
+    tracing::info!(id, %addr, learner_only, "registering an unstarted member");
+    core.raft
+        .add_learner(id, addr, false)
+        .await
+        .map_err(|e| change_error(core.id, e))?;
+    if learner_only {
+        return Ok(());
+    }
     promote(core, id).await
 }
 

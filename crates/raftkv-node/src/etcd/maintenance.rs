@@ -1,11 +1,13 @@
 //! `etcdserverpb.Maintenance` and `etcdserverpb.Cluster` on the etcd port: Status, Alarm,
-//! Defragment, MoveLeader, MemberList, MemberRemove and MemberPromote, answered by the native
-//! Cluster service (membership changes passed on to the leader); the rest refused with
-//! `UNIMPLEMENTED` naming it (MemberAdd: raftkv needs the new node's id and client address).
+//! Defragment, MoveLeader, Snapshot (a raftkv backup file), MemberList, MemberAdd (an unstarted
+//! member, as etcd registers one), MemberRemove and MemberPromote, answered by the native Cluster service (membership changes passed on to the
+//! leader); the rest refused with `UNIMPLEMENTED` naming it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use raftkv_proto::backup::{self, BackupError, BackupWriter};
 use raftkv_proto::etcd::etcdserverpb::cluster_server::Cluster as EtcdCluster;
 use raftkv_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
 use raftkv_proto::etcd::etcdserverpb::{
@@ -19,8 +21,8 @@ use raftkv_proto::etcd::etcdserverpb::{
 use raftkv_proto::v1::cluster_client::ClusterClient;
 use raftkv_proto::v1::cluster_server::Cluster;
 use raftkv_proto::v1::{
-    ListMembersRequest, MemberInfo, PromoteMemberRequest, RemoveMemberRequest, Role, StatusRequest, StatusResponse,
-    TransferLeaderRequest,
+    backup_chunk, AddMemberRequest, BackupRequest, ListMembersRequest, MemberInfo, PromoteMemberRequest,
+    RemoveMemberRequest, Role, StatusRequest, StatusResponse, TransferLeaderRequest,
 };
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
@@ -31,6 +33,9 @@ use crate::etcd::forward::{here_or_on_leader, LeaderForwarder};
 
 /// The etcd API version raftkv's etcd port speaks (what `etcdctl endpoint status` shows).
 pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// Bytes per message of the Snapshot stream (etcd sends 32 KiB).
+const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 
 /// How long MemberList waits for another member to say where its etcd port is.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -56,14 +61,22 @@ impl EtcdMaintenance {
         let me = self.status().await?.id;
         let mut members = Vec::with_capacity(listed.len());
         for m in listed {
+            let unstarted = m.client_addr.is_empty();
             let etcd_addr = if m.id == me {
                 self.etcd_addr.clone()
+            } else if unstarted {
+                String::new()
             } else {
                 etcd_addr_of(&m.client_addr).await
             };
             members.push(Member {
                 id: m.id,
-                name: format!("node{}", m.id),
+                // etcd's unstarted members have no name (etcdctl prints them "unstarted").
+                name: if unstarted {
+                    String::new()
+                } else {
+                    format!("node{}", m.id)
+                },
                 peer_ur_ls: vec![url(&m.peer_addr)],
                 client_ur_ls: if etcd_addr.is_empty() {
                     Vec::new()
@@ -74,6 +87,34 @@ impl EtcdMaintenance {
             });
         }
         Ok(members)
+    }
+
+    /// A whole backup file of this node's state, from the native Backup stream, padded so
+    /// that etcdctl's `snapshot save` accepts its length.
+    async fn backup_file(&self) -> Result<Vec<u8>, Status> {
+        let mut chunks = self
+            .native
+            .backup(Request::new(BackupRequest {}))
+            .await?
+            .into_inner();
+        let (mut meta, mut data) = (None, Vec::new());
+        while let Some(chunk) = chunks.next().await {
+            match (chunk?.chunk, meta.is_some()) {
+                (Some(backup_chunk::Chunk::Meta(m)), false) => meta = Some(m),
+                (Some(backup_chunk::Chunk::Data(d)), true) => data.extend_from_slice(&d),
+                _ => return Err(Status::internal("the node's backup stream did not start with its metadata")),
+            }
+        }
+        let mut meta = meta.ok_or_else(|| Status::internal("the node's backup stream was empty"))?;
+        let broken = |e: BackupError| Status::internal(format!("building the snapshot failed: {e}"));
+        // bbolt files are whole 512-byte pages and etcd appends a SHA-256: etcdctl refuses a
+        // snapshot whose length is not 32 more than a multiple of 512.
+        while backup::file_len(&meta) % 512 != 32 {
+            meta.padding.push(0);
+        }
+        let mut writer = BackupWriter::new(Vec::new(), &meta).map_err(broken)?;
+        writer.write_data(&data).map_err(broken)?;
+        writer.finish().map_err(broken)
     }
 
     async fn status(&self) -> Result<StatusResponse, Status> {
@@ -89,6 +130,23 @@ fn unimplemented(what: &str) -> Status {
 
 fn url(addr: &str) -> String {
     format!("http://{addr}")
+}
+
+/// HOST:PORT from a peer URL as etcd takes it (`http://HOST:PORT`).
+fn peer_addr_of(peer_url: &str) -> Result<String, Status> {
+    let rest = peer_url
+        .strip_prefix("http://")
+        .or_else(|| peer_url.strip_prefix("https://"))
+        .unwrap_or(peer_url);
+    let addr = rest.strip_suffix('/').unwrap_or(rest);
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() => {
+            Ok(addr.to_string())
+        }
+        _ => Err(Status::invalid_argument(format!(
+            "etcdserver: peer URL {peer_url:?} is not http://HOST:PORT"
+        ))),
+    }
 }
 
 /// Another member's etcd address, from its native Status (empty when it cannot be had).
@@ -171,10 +229,29 @@ impl Maintenance for EtcdMaintenance {
         Err(unimplemented("HashKV"))
     }
 
-    type SnapshotStream = futures::stream::Empty<Result<SnapshotResponse, Status>>;
+    type SnapshotStream = futures::stream::Iter<std::vec::IntoIter<Result<SnapshotResponse, Status>>>;
 
+    /// The stream carries a raftkv backup file, byte for byte what `raftkv backup` writes
+    /// (header, snapshot, SHA-256): `etcdctl snapshot save FILE` makes a file that
+    /// `raftkvd restore --from FILE` takes. It is not a bbolt database, so etcd's own
+    /// `snapshot status` / `snapshot restore` cannot read it (docs/etcd-compat.md).
     async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("Snapshot (use `raftkv backup`)"))
+        let file = self.backup_file().await?;
+        let header = convert::header(self.status().await?.header);
+        let total = file.len();
+        let chunks: Vec<_> = file
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let sent = (i * SNAPSHOT_CHUNK_BYTES + chunk.len()) as u64;
+                Ok(SnapshotResponse {
+                    header: if i == 0 { header.clone() } else { None },
+                    remaining_bytes: total as u64 - sent,
+                    blob: chunk.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(futures::stream::iter(chunks)))
     }
 
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
@@ -219,11 +296,35 @@ impl EtcdCluster for EtcdMaintenance {
         }))
     }
 
-    async fn member_add(&self, _request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unimplemented(
-            "MemberAdd: a raftkv node is added with its id and client address as well as its peer URL \
-             (use `raftkv member add ID CLIENT@PEER`, or start it with --join)",
-        ))
+    /// etcd's MemberAdd registers a member that has not started: only its peer URL is known.
+    /// raftkv picks the next unused id; the node is then started with that id and `--join`,
+    /// which publishes its client address (until then MemberList shows it unstarted).
+    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let r = request.into_inner();
+        let peer_addr = match r.peer_ur_ls.as_slice() {
+            [one] => peer_addr_of(one)?,
+            [] => return Err(Status::invalid_argument("etcdserver: member peer URL is required")),
+            _ => return Err(unimplemented("more than one peer URL per member")),
+        };
+        let added = here_or_on_leader!(
+            self.forwarder,
+            self.native,
+            ClusterClient,
+            add_member,
+            AddMemberRequest {
+                id: 0,
+                client_addr: String::new(),
+                peer_addr: peer_addr.clone(),
+                learner_only: r.is_learner,
+            }
+        )?;
+        let members = self.etcd_members(added.members).await?;
+        let member = members.iter().find(|m| m.peer_ur_ls == [url(&peer_addr)]).cloned();
+        Ok(Response::new(MemberAddResponse {
+            header: convert::header(added.header),
+            member,
+            members,
+        }))
     }
 
     async fn member_remove(
