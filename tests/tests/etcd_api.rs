@@ -141,8 +141,8 @@ async fn the_etcd_kv_api_answers_as_etcd_does() -> anyhow::Result<()> {
     let from_a2 = kv.range(range("a/2", "\0")).await?.into_inner();
     assert_eq!(values(&from_a2), ["y", "x", "baz"], "from a/2 to the last key");
 
-    // Revision reads: the current revision is served, older ones are compacted, later ones
-    // are in the future.
+    // Revision reads: the current revision, an older one within the watch history (the value
+    // foo had then), and one in the future.
     let now = all.header.unwrap_or_default().revision;
     let at_now = kv
         .range(RangeRequest {
@@ -152,19 +152,34 @@ async fn the_etcd_kv_api_answers_as_etcd_does() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(values(&at_now), ["baz"]);
-    for (revision, message) in [
-        (1, "etcdserver: mvcc: required revision has been compacted"),
-        (now + 100, "etcdserver: mvcc: required revision is a future revision"),
-    ] {
-        let err = kv
-            .range(RangeRequest {
-                revision,
-                ..range("foo", "")
-            })
-            .await
-            .expect_err("a revision other than the current one");
-        assert_eq!((err.code(), err.message()), (Code::OutOfRange, message));
-    }
+    let at_first = kv
+        .range(RangeRequest {
+            revision: header.revision,
+            ..range("foo", "")
+        })
+        .await?
+        .into_inner();
+    assert_eq!(values(&at_first), ["bar"], "foo as it was at its first put");
+    assert_eq!(at_first.kvs[0].version, 1);
+    assert_eq!(
+        at_first.header.unwrap_or_default().revision,
+        now,
+        "the header says the current revision"
+    );
+    let err = kv
+        .range(RangeRequest {
+            revision: now + 100,
+            ..range("foo", "")
+        })
+        .await
+        .expect_err("a future revision");
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision"
+        )
+    );
 
     // Serializable reads on a follower's etcd port.
     let follower = cluster.running().into_iter().find(|id| *id != leader).unwrap_or(leader);
@@ -512,7 +527,8 @@ async fn leases_through_the_etcd_port() -> anyhow::Result<()> {
 
 /// A watch on a follower's etcd port sees puts and deletes (with prev_kv) in order; a watch
 /// from a revision the history no longer holds is created and cancelled at once with
-/// compact_revision, while the stream's other watch goes on; a transaction reads a range
+/// compact_revision (and so is a range read at that revision), while the stream's other watch
+/// goes on; a transaction reads a range
 /// sorted by create revision (what etcd's lock recipe does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_and_range_reads_in_transactions() -> anyhow::Result<()> {
@@ -577,6 +593,21 @@ async fn watches_and_range_reads_in_transactions() -> anyhow::Result<()> {
     };
     assert!(refused.created && refused.compact_revision > 1, "{refused:?}");
     assert!(refused.cancel_reason.contains("compacted"), "{}", refused.cancel_reason);
+    // So is a range read at a revision the history no longer reaches back to.
+    let err = kv
+        .range(RangeRequest {
+            revision: 1,
+            ..range("w/", "w0")
+        })
+        .await
+        .expect_err("a compacted revision");
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted"
+        )
+    );
     kv.put(put("w/2", "b")).await?;
     let r = tokio::time::timeout(T, responses.message()).await??.unwrap_or_default();
     assert_eq!(r.watch_id, created.watch_id, "the first watch goes on");

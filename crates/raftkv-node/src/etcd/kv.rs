@@ -75,6 +75,16 @@ impl EtcdKv {
         Ok(key_value(to_pb(kv), convert::revision(lease)))
     }
 
+    /// A key-value read at an older revision: its lease is known only while the key has not
+    /// changed since (raftkv keeps no old leases); otherwise 0.
+    fn historic_etcd_kv(&self, kv: KeyValue) -> Result<EtcdKeyValue, Status> {
+        let now = self.core.store.reader().get(&kv.key).map_err(ApiError::from)?;
+        if now.is_some_and(|now| now.mod_revision == kv.mod_revision) {
+            return self.etcd_kv(kv);
+        }
+        Ok(key_value(to_pb(kv), 0))
+    }
+
     fn header(&self) -> Option<raftkv_proto::etcd::etcdserverpb::ResponseHeader> {
         convert::header(Some(self.core.header()))
     }
@@ -352,21 +362,23 @@ impl Kv for EtcdKv {
                 } else {
                     limit
                 };
-                let result = reader
-                    .range(&range_query(&r, &sel, store_limit, r.count_only && !filtered)?)
-                    .map_err(ApiError::from)?;
+                // A revision read is rebuilt from the watch history (u64::MAX: the current state).
+                if wanted_revision > reader.revision() {
+                    return Err(Status::out_of_range(message::FUTURE_REVISION));
+                }
+                let at = if wanted_revision > 0 { wanted_revision } else { u64::MAX };
+                let read = |q: RangeQuery| {
+                    reader
+                        .range_at(&q, at)
+                        .map_err(ApiError::from)?
+                        .map_err(|_| Status::out_of_range(message::COMPACTED))
+                };
+                let result = read(range_query(&r, &sel, store_limit, r.count_only && !filtered)?)?;
                 if result.more && store_limit == usize::MAX {
                     return Err(Status::resource_exhausted(format!(
                         "etcdserver: the range holds over {} MiB of keys and values; read it in pages with a limit",
                         MAX_RANGE_BYTES >> 20
                     )));
-                }
-                if wanted_revision > 0 && wanted_revision != result.revision {
-                    return Err(Status::out_of_range(if wanted_revision > result.revision {
-                        message::FUTURE_REVISION
-                    } else {
-                        message::COMPACTED
-                    }));
                 }
                 let mut header = self.core.header();
                 header.revision = result.revision;
@@ -384,15 +396,22 @@ impl Kv for EtcdKv {
                     // The store stopped at the limit (nothing to filter or sort first): there is
                     // more, and etcd's count is every match, whatever the limit.
                     more = true;
-                    count = reader
-                        .range(&range_query(&r, &sel, usize::MAX, true)?)
-                        .map_err(ApiError::from)?
-                        .count;
+                    count = read(range_query(&r, &sel, usize::MAX, true)?)?.count;
                 }
                 if r.count_only {
                     more = false;
                 }
-                let kvs = kvs.into_iter().map(|kv| self.etcd_kv(kv)).collect::<Result<_, _>>()?;
+                let historic = at < result.revision;
+                let kvs = kvs
+                    .into_iter()
+                    .map(|kv| {
+                        if historic {
+                            self.historic_etcd_kv(kv)
+                        } else {
+                            self.etcd_kv(kv)
+                        }
+                    })
+                    .collect::<Result<_, _>>()?;
                 Ok(Response::new(RangeResponse {
                     header,
                     kvs,

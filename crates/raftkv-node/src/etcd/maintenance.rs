@@ -92,17 +92,17 @@ impl EtcdMaintenance {
     /// A whole backup file of this node's state, from the native Backup stream, padded so
     /// that etcdctl's `snapshot save` accepts its length.
     async fn backup_file(&self) -> Result<Vec<u8>, Status> {
-        let mut chunks = self
-            .native
-            .backup(Request::new(BackupRequest {}))
-            .await?
-            .into_inner();
+        let mut chunks = self.native.backup(Request::new(BackupRequest {})).await?.into_inner();
         let (mut meta, mut data) = (None, Vec::new());
         while let Some(chunk) = chunks.next().await {
             match (chunk?.chunk, meta.is_some()) {
                 (Some(backup_chunk::Chunk::Meta(m)), false) => meta = Some(m),
                 (Some(backup_chunk::Chunk::Data(d)), true) => data.extend_from_slice(&d),
-                _ => return Err(Status::internal("the node's backup stream did not start with its metadata")),
+                _ => {
+                    return Err(Status::internal(
+                        "the node's backup stream did not start with its metadata",
+                    ))
+                }
             }
         }
         let mut meta = meta.ok_or_else(|| Status::internal("the node's backup stream was empty"))?;
@@ -245,7 +245,7 @@ impl Maintenance for EtcdMaintenance {
             .map(|(i, chunk)| {
                 let sent = (i * SNAPSHOT_CHUNK_BYTES + chunk.len()) as u64;
                 Ok(SnapshotResponse {
-                    header: if i == 0 { header.clone() } else { None },
+                    header: if i == 0 { header } else { None },
                     remaining_bytes: total as u64 - sent,
                     blob: chunk.to_vec(),
                 })

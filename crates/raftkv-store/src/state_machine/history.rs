@@ -11,7 +11,7 @@
 //! at that moment. A watcher asking for a revision it no longer holds gets
 //! [`HistoryError::Compacted`] with the oldest one it does hold.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::command::KeyValue;
 
@@ -131,6 +131,33 @@ impl WatchHistory {
         self.bytes = 0;
         self.revision = revision;
         self.first = revision + 1;
+    }
+
+    /// Rolls `kvs` — the current key-values of the keys for which `in_range` holds — back to
+    /// revision `at` by undoing, newest first, every change after it. `Compacted` (with the
+    /// oldest revision it can roll back to) when the history no longer holds all of them.
+    pub fn roll_back(
+        &self,
+        kvs: &mut BTreeMap<Vec<u8>, KeyValue>,
+        at: u64,
+        in_range: impl Fn(&[u8]) -> bool,
+    ) -> Result<(), HistoryError> {
+        if at + 1 < self.first {
+            return Err(HistoryError::Compacted {
+                wanted: at,
+                oldest: self.first - 1,
+            });
+        }
+        for event in self.events.iter().rev().take_while(|e| e.revision() > at) {
+            if !in_range(&event.kv.key) {
+                continue;
+            }
+            match &event.prev_kv {
+                Some(prev) => kvs.insert(prev.key.clone(), prev.clone()),
+                None => kvs.remove(&event.kv.key),
+            };
+        }
+        Ok(())
     }
 
     /// The events from revision `from` on, at most about `max_events` of them (whole revisions;

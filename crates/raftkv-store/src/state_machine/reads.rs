@@ -4,7 +4,7 @@
 //! Reads never write. They hold the shared state's read lock, which `apply` takes exclusively
 //! while a batch lands, so a range is read at exactly one applied index.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -66,6 +66,49 @@ pub struct LeaseInfo {
     pub ttl_ms: u64,
 }
 
+/// The answer to `q` from matching `items` in order (decoded only when returned): the count,
+/// or the key-values up to the limit and byte budget, `more` when some were left.
+fn take<T>(
+    q: &RangeQuery,
+    revision: u64,
+    items: impl Iterator<Item = Result<T, StoreError>>,
+    decode: impl Fn(T) -> Result<KeyValue, StoreError>,
+) -> Result<RangeResult, StoreError> {
+    let mut out = RangeResult {
+        revision,
+        ..Default::default()
+    };
+    let mut bytes = 0usize;
+    for item in items {
+        let item = item?;
+        if q.count_only {
+            out.count += 1;
+            continue;
+        }
+        if out.kvs.len() >= q.limit {
+            out.more = true;
+            break;
+        }
+        let mut kv = decode(item)?;
+        if q.keys_only {
+            kv.value = Vec::new();
+        }
+        let size = kv.key.len() + kv.value.len();
+        if q.byte_budget
+            .is_some_and(|budget| !out.kvs.is_empty() && bytes + size > budget)
+        {
+            out.more = true;
+            break;
+        }
+        bytes += size;
+        out.kvs.push(kv);
+    }
+    if !q.count_only {
+        out.count = out.kvs.len() as u64;
+    }
+    Ok(out)
+}
+
 /// Read-only access to the applied state, shared with the node's gRPC services. Cheap to clone.
 #[derive(Clone)]
 pub struct StateReader {
@@ -120,54 +163,64 @@ impl StateReader {
 
     /// Reads a range of keys in key order (or reverse order).
     pub fn range(&self, q: &RangeQuery) -> Result<RangeResult, StoreError> {
+        // The read lock keeps applies out for the whole scan: one consistent revision.
+        let state = self.shared.state();
+        let revision = self.revision();
+        Self::scan(&state.tree, q, revision)
+    }
+
+    /// Reads a range as it was at revision `at`: the current state with every change after
+    /// `at` undone from the watch history, newest first (each change there carries the
+    /// key-value it replaced). `Compacted` when the history no longer holds every change after
+    /// `at`; `at` at or past the current revision reads the current state. The result's
+    /// `revision` is the current one, as in etcd's headers. The keys read keep no lease.
+    pub fn range_at(&self, q: &RangeQuery, at: u64) -> Result<Result<RangeResult, HistoryError>, StoreError> {
+        let state = self.shared.state();
+        let revision = self.revision();
+        if at >= revision {
+            return Self::scan(&state.tree, q, revision).map(Ok);
+        }
+        let every = RangeQuery {
+            limit: usize::MAX,
+            keys_only: false,
+            count_only: false,
+            reverse: false,
+            byte_budget: None,
+            ..q.clone()
+        };
+        let now = Self::scan(&state.tree, &every, revision)?;
+        let mut kvs: BTreeMap<Vec<u8>, KeyValue> = now.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let in_range = |key: &[u8]| key >= &q.start[..] && q.end.as_ref().is_none_or(|end| key < &end[..]);
+        if let Err(compacted) = self.shared.history().roll_back(&mut kvs, at, in_range) {
+            return Ok(Err(compacted));
+        }
+        let kvs: Box<dyn Iterator<Item = Result<KeyValue, StoreError>>> = if q.reverse {
+            Box::new(kvs.into_values().rev().map(Ok))
+        } else {
+            Box::new(kvs.into_values().map(Ok))
+        };
+        take(q, revision, kvs, Ok).map(Ok)
+    }
+
+    /// The range `q` of `tree`, which is at `revision`.
+    fn scan(tree: &sled::Tree, q: &RangeQuery, revision: u64) -> Result<RangeResult, StoreError> {
         let start = data_key(&q.start);
         let end = match &q.end {
             Some(end) => Bound::Excluded(data_key(end)),
             None => Bound::Excluded(vec![DATA_PREFIX + 1]),
         };
-        // The read lock keeps applies out for the whole scan: one consistent revision.
-        let state = self.shared.state();
-        let revision = self.revision();
-        let iter = state.tree.range::<Vec<u8>, _>((Bound::Included(start), end));
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if q.reverse {
+        let iter = tree
+            .range::<Vec<u8>, _>((Bound::Included(start), end))
+            .map(|item| item.map_err(StoreError::from));
+        let iter: Box<dyn Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>>> = if q.reverse {
             Box::new(iter.rev())
         } else {
             Box::new(iter)
         };
-        let mut out = RangeResult {
-            revision,
-            ..Default::default()
-        };
-        let mut bytes = 0usize;
-        for item in iter {
-            let (k, v) = item?;
-            if q.count_only {
-                out.count += 1;
-                continue;
-            }
-            if out.kvs.len() >= q.limit {
-                out.more = true;
-                break;
-            }
+        take(q, revision, iter, |(k, v)| {
             let stored: StoredValue = codec::decode(&v)?;
-            let mut kv = stored.into_key_value(k[1..].to_vec());
-            if q.keys_only {
-                kv.value = Vec::new();
-            }
-            let size = kv.key.len() + kv.value.len();
-            if q.byte_budget
-                .is_some_and(|budget| !out.kvs.is_empty() && bytes + size > budget)
-            {
-                out.more = true;
-                break;
-            }
-            bytes += size;
-            out.kvs.push(kv);
-        }
-        if !q.count_only {
-            out.count = out.kvs.len() as u64;
-        }
-        Ok(out)
+            Ok(stored.into_key_value(k[1..].to_vec()))
+        })
     }
 
     /// Lease `id`, if it exists.
